@@ -45,29 +45,42 @@ func Write(path string, data []byte, perm fs.FileMode) (err error) {
 	return syncDir(dir)
 }
 
-// WriteNew writes data to a path that must not exist yet (O_EXCL), mode perm,
-// and syncs it and its folder. It never overwrites.
-func WriteNew(path string, data []byte, perm fs.FileMode) (err error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+// WriteNew writes data to path, which must not exist: it is written whole
+// to a temporary file, synced, then linked into place, which fails if path
+// exists. It never overwrites and never leaves a half-written path.
+func WriteNew(path string, data []byte, perm fs.FileMode) error {
+	if _, err := os.Lstat(path); err == nil {
+		return fmt.Errorf("%s already exists: %w", path, fs.ErrExist)
+	}
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
+		return fmt.Errorf("cannot create a temporary file beside %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if err := f.Chmod(perm); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+		f.Close()
+		return fmt.Errorf("cannot set the mode of %s: %w", tmp, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("cannot write %s: %w", tmp, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("cannot sync %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
 		return err
 	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(path)
+	if err := os.Link(tmp, path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%s already exists: %w", path, fs.ErrExist)
 		}
-	}()
-	if _, err = f.Write(data); err != nil {
-		return err
+		return fmt.Errorf("cannot create %s: %w", path, err)
 	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
+	return syncDir(dir)
 }
 
 // Lock takes an exclusive lock on path+".lock", waiting for other holders.
