@@ -123,3 +123,13 @@ func ParseRecipient(s string) (age.Recipient, error) {
 	}
 	return r, nil
 }
+
+// States returns the seals that may open the vault: this host's, then the
+// one a rekey was replacing if it was interrupted.
+func (sf *File) States() []State {
+	sts := []State{sf.Seal}
+	if sf.Previous != nil {
+		sts = append(sts, *sf.Previous)
+	}
+	return sts
+}
