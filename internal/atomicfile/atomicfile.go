@@ -83,6 +83,15 @@ func WriteNew(path string, data []byte, perm fs.FileMode) error {
 	return syncDir(dir)
 }
 
+// RemoveStale removes temporary files that a writer of path killed before
+// its rename left behind. Call it only while holding Lock(path).
+func RemoveStale(path string) {
+	matches, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*"))
+	for _, m := range matches {
+		os.Remove(m)
+	}
+}
+
 // Lock takes an exclusive lock on path+".lock", waiting for other holders.
 // The lock file is left in place (removing it would race with waiters).
 func Lock(path string) (unlock func(), err error) {

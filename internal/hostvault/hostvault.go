@@ -192,7 +192,11 @@ func (h *Handle) Save() error {
 	if err != nil {
 		return err
 	}
-	return h.Vault.WriteSealed(h.opts.Path, rs...)
+	data, err := h.Vault.Seal(rs...)
+	if err != nil {
+		return fmt.Errorf("cannot seal the vault: %w", err)
+	}
+	return writeVault(h.opts.Path, data)
 }
 
 // Reseal moves the vault to a new seal file: it records the new seal with

@@ -10,7 +10,12 @@ import (
 	"github.com/rapidvalue/tier3-agent/vault"
 )
 
-func writeVault(path string, data []byte) error { return atomicfile.Write(path, data, 0o600) }
+// writeVault replaces the vault file. Callers hold vault.Lock, so leftovers
+// of a writer that was killed mid-write can be removed first.
+func writeVault(path string, data []byte) error {
+	atomicfile.RemoveStale(path)
+	return atomicfile.Write(path, data, 0o600)
+}
 
 // ChooseKind picks the seal for a command: the flag, else the seal file's,
 // else what the environment points at.

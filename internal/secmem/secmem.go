@@ -86,37 +86,49 @@ func Open(e *memguard.Enclave) (*memguard.LockedBuffer, error) {
 }
 
 // ReadAll reads r to EOF straight into locked memory, at most max bytes, so
-// that no copy lands on the Go heap. The returned buffer is sized to what was
-// read (a one-byte buffer with Size 1 and Len 0 is never returned: an empty
-// input gives a nil buffer and n == 0).
+// that no copy lands on the Go heap. Locked memory grows with what is read
+// (doubling from 4 KiB), never to max up front: RLIMIT_MEMLOCK is often
+// 8 MiB. An empty input gives a nil buffer and n == 0; otherwise the caller
+// destroys the buffer, of which the first n bytes are the input.
 func ReadAll(r io.Reader, max int) (*memguard.LockedBuffer, int, error) {
-	scratch, err := New(max + 1)
+	size := min(4096, max+1)
+	buf, err := New(size)
 	if err != nil {
 		return nil, 0, err
 	}
-	defer scratch.Destroy()
-	buf := scratch.Bytes()
 	n := 0
-	for n < len(buf) {
-		m, err := r.Read(buf[n:])
+	for {
+		if n == buf.Size() {
+			if n > max {
+				buf.Destroy()
+				return nil, 0, ErrTooLarge
+			}
+			bigger, err := New(min(2*buf.Size(), max+1))
+			if err != nil {
+				buf.Destroy()
+				return nil, 0, err
+			}
+			bigger.Copy(buf.Bytes()[:n])
+			buf.Destroy()
+			buf = bigger
+		}
+		m, err := r.Read(buf.Bytes()[n:])
 		n += m
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
+			buf.Destroy()
 			return nil, 0, err
 		}
 	}
 	if n > max {
+		buf.Destroy()
 		return nil, 0, ErrTooLarge
 	}
 	if n == 0 {
+		buf.Destroy()
 		return nil, 0, nil
 	}
-	out, err := New(n)
-	if err != nil {
-		return nil, 0, err
-	}
-	out.Copy(buf[:n])
-	return out, n, nil
+	return buf, n, nil
 }
