@@ -13,13 +13,14 @@ import (
 // the length used. Secrets are decrypted one at a time, escaped straight
 // into the buffer, and their temporary buffers destroyed.
 func (v *Vault) Marshal() (*memguard.LockedBuffer, int, error) {
-	size := 16
+	size, largest := 16, 1
 	for _, e := range v.entries {
 		size += 6*len(e.Name) + 16
 		for _, f := range e.fields {
 			size += 6*len(f.Name) + 16
 			for _, n := range f.ValueSizes() {
 				size += 6*n + 32
+				largest = max(largest, n)
 			}
 		}
 		for _, t := range e.Targets {
@@ -29,11 +30,16 @@ func (v *Vault) Marshal() (*memguard.LockedBuffer, int, error) {
 			size += 6*len(m.name) + len(m.raw) + 16
 		}
 	}
+	scratch, err := secmem.New(largest)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer scratch.Destroy()
 	out, err := secmem.New(size)
 	if err != nil {
 		return nil, 0, err
 	}
-	w := &jw{b: out.Bytes()}
+	w := &jw{b: out.Bytes(), scratch: scratch.Bytes()}
 	if err := v.write(w); err != nil {
 		out.Destroy()
 		return nil, 0, err
@@ -116,8 +122,9 @@ func (v *Vault) write(w *jw) error {
 
 // jw writes JSON into a fixed buffer sized by Marshal.
 type jw struct {
-	b []byte
-	n int
+	b       []byte
+	n       int
+	scratch []byte // locked; one secret at a time is decrypted here
 }
 
 func (w *jw) raw(s string) { w.n += copy(w.b[w.n:], s) }
@@ -160,12 +167,12 @@ func (w *jw) str(s []byte) {
 	w.n++
 }
 
-func (w *jw) secret(e *memguard.Enclave) error {
-	b, err := secmem.Open(e)
+func (w *jw) secret(e *secmem.Sealed) error {
+	n, err := e.OpenInto(w.scratch)
 	if err != nil {
 		return err
 	}
-	defer b.Destroy()
-	w.str(b.Bytes())
+	w.str(w.scratch[:n])
+	memguard.WipeBytes(w.scratch[:n])
 	return nil
 }

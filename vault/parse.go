@@ -46,7 +46,7 @@ type parser struct {
 	entry string
 	field string
 	// scratch is locked memory that secret values are unescaped into
-	// before they are sealed into their own enclave.
+	// before they are sealed (secmem.Sealed).
 	scratch []byte
 }
 
@@ -67,7 +67,7 @@ func (p *parser) fail(format string, args ...any) error {
 // is strict: duplicate keys, names outside the grammar, secrets that are not
 // non-empty strings, a byte-order mark, trailing bytes, invalid UTF-8 or
 // lone surrogates, over-deep or over-large input are each an error. Secret
-// values are unescaped in locked memory and kept in enclaves; data itself is
+// values are unescaped in locked memory and kept sealed; data itself is
 // not retained (the caller wipes it).
 func Parse(data []byte) (*Vault, error) {
 	p := &parser{data: data}
@@ -270,7 +270,7 @@ func (p *parser) secretField(name string) (*Field, error) {
 }
 
 // secretString reads a string value into locked memory and seals it.
-func (p *parser) secretString() (*memguard.Enclave, error) {
+func (p *parser) secretString() (*secmem.Sealed, error) {
 	if p.pos >= len(p.data) || p.data[p.pos] != '"' {
 		return nil, p.fail("a secret must be a string (got %s)", p.kindAt())
 	}
@@ -281,7 +281,7 @@ func (p *parser) secretString() (*memguard.Enclave, error) {
 	if n == 0 {
 		return nil, p.fail("empty value: remove the field or give it a value")
 	}
-	return secmem.Seal(p.scratch[:n])
+	return secmem.SealValue(p.scratch[:n])
 }
 
 func (p *parser) kindAt() string {

@@ -1,6 +1,6 @@
 // Package vault holds the agent's credential vault: the documented JSON
 // schema, parsed strictly, with every secret value kept in a memguard
-// enclave, and the sealed file that stores it.
+// secmem.Sealed, and the sealed file that stores it.
 //
 // The vault knows nothing of seals or of the agent: it decrypts with the
 // age identities it is given and encrypts to the recipients it is given.
@@ -64,9 +64,9 @@ func parseVersionKey(k string) (int, bool) {
 	return n, true
 }
 
-// Vault is a parsed vault. Secret values live in enclaves: encrypted in
-// memory with a key memguard keeps in locked pages, and decrypted into a
-// locked buffer only while used.
+// Vault is a parsed vault. Secret values live sealed (secmem.Sealed):
+// encrypted in memory under a key memguard keeps in locked pages, and
+// decrypted into locked memory only while used.
 type Vault struct {
 	entries []*Entry
 }
@@ -85,16 +85,16 @@ type meta struct{ name, raw string }
 // Field is one secret: a plain value, or versions.
 type Field struct {
 	Name     string
-	value    *memguard.Enclave
+	value    *secmem.Sealed
 	versions []version // ascending
 }
 
 type version struct {
 	n     int
-	value *memguard.Enclave
+	value *secmem.Sealed
 }
 
-func (f *Field) setVersion(n int, e *memguard.Enclave) {
+func (f *Field) setVersion(n int, e *secmem.Sealed) {
 	i := sort.Search(len(f.versions), func(i int) bool { return f.versions[i].n >= n })
 	if i < len(f.versions) && f.versions[i].n == n {
 		f.versions[i].value = e
@@ -114,12 +114,12 @@ func (f *Field) Versions() []int {
 	return vs
 }
 
-// enclaves returns every value of the field.
-func (f *Field) enclaves() []*memguard.Enclave {
+// sealed returns every value of the field.
+func (f *Field) sealed() []*secmem.Sealed {
 	if f.value != nil {
-		return []*memguard.Enclave{f.value}
+		return []*secmem.Sealed{f.value}
 	}
-	es := make([]*memguard.Enclave, len(f.versions))
+	es := make([]*secmem.Sealed, len(f.versions))
 	for i, v := range f.versions {
 		es[i] = v.value
 	}
@@ -157,7 +157,7 @@ func (v *Vault) Len() int { return len(v.entries) }
 
 // Set stores value under entry/field, creating both as needed. version 0
 // replaces the field with a plain value; version N adds or replaces vN of a
-// versioned field. value is moved into an enclave and wiped.
+// versioned field. value is sealed and wiped.
 func (v *Vault) Set(entry, field string, ver int, value []byte) error {
 	defer memguard.WipeBytes(value)
 	if err := checkBusinessID(entry); err != nil {
@@ -187,7 +187,7 @@ func (v *Vault) Set(entry, field string, ver int, value []byte) error {
 	if ver > 0 && f != nil && f.value != nil {
 		return fmt.Errorf("%s/%s holds an unversioned value: unset it first, or set it without --version", entry, field)
 	}
-	enc, err := secmem.Seal(value)
+	enc, err := secmem.SealValue(value)
 	if err != nil {
 		return err
 	}
@@ -325,22 +325,27 @@ func (v *Vault) Resolve(r Ref) (*memguard.LockedBuffer, error) {
 	if enc == nil {
 		return nil, fmt.Errorf("%w: %s/%s has no v%d", ErrMissing, r.BusinessID, r.Field, r.Version)
 	}
-	return secmem.Open(enc)
+	return enc.Open()
 }
 
 // Each calls fn with every secret value of the vault (identifier fields
 // and the _agent entry included), one at a time, in a locked buffer that is
 // destroyed when fn returns. It is how a redactor learns what to scrub.
 func (v *Vault) Each(fn func(entry, field string, value []byte) error) error {
+	scratch, err := secmem.New(MaxValue)
+	if err != nil {
+		return err
+	}
+	defer scratch.Destroy()
 	for _, e := range v.entries {
 		for _, f := range e.fields {
-			for _, enc := range f.enclaves() {
-				b, err := secmem.Open(enc)
+			for _, enc := range f.sealed() {
+				n, err := enc.OpenInto(scratch.Bytes())
 				if err != nil {
 					return err
 				}
-				err = fn(e.Name, f.Name, b.Bytes())
-				b.Destroy()
+				err = fn(e.Name, f.Name, scratch.Bytes()[:n])
+				memguard.WipeBytes(scratch.Bytes()[:n])
 				if err != nil {
 					return err
 				}
@@ -354,7 +359,7 @@ func (v *Vault) Each(fn func(entry, field string, value []byte) error) error {
 // decrypting it (for status warnings).
 func (f *Field) ValueSizes() []int {
 	var ns []int
-	for _, e := range f.enclaves() {
+	for _, e := range f.sealed() {
 		ns = append(ns, e.Size())
 	}
 	return ns
