@@ -1,6 +1,6 @@
 // Package vault holds the agent's credential vault: the documented JSON
-// schema, parsed strictly, with every secret value kept in a memguard
-// secmem.Sealed, and the sealed file that stores it.
+// schema, parsed strictly, with every secret value kept sealed in memory
+// (secmem.Sealed), and the sealed file that stores it.
 //
 // The vault knows nothing of seals or of the agent: it decrypts with the
 // age identities it is given and encrypts to the recipients it is given.

@@ -17,7 +17,7 @@ type Vault struct {
 	Path           string // RV_AGENT_VAULT_PATH, or --vault
 	IdentityFile   string // RV_AGENT_VAULT_IDENTITY_FILE
 	PassphraseFile string // RV_AGENT_VAULT_PASSPHRASE_FILE
-	TPMDevice      string // RV_AGENT_TPM_DEVICE
+	TPMDevice      string // RV_AGENT_TPM_DEVICE; empty for the seal's default
 	Migrate        bool   // RV_AGENT_VAULT_MODE=migrate
 }
 
@@ -39,9 +39,8 @@ func LoadVault(getenv func(string) string) (Vault, error) {
 	if v.Path == "" {
 		v.Path = DefaultVaultPath
 	}
-	if v.TPMDevice == "" {
-		v.TPMDevice = "/dev/tpmrm0"
-	}
+	// An unset RV_AGENT_TPM_DEVICE stays empty: the tpm2 seal then uses
+	// the device recorded when it was sealed, else /dev/tpmrm0.
 	switch m := getenv("RV_AGENT_VAULT_MODE"); m {
 	case "", "sealed":
 	case "migrate":

@@ -133,10 +133,10 @@ func Open(opts Options) (*Handle, error) {
 		if errors.As(err, &pe) {
 			return nil, configf("the vault %s decrypts but its JSON is invalid: %w", opts.Path, err)
 		}
-		if errors.Is(err, seal.ErrUnavailable) || errors.Is(err, seal.ErrPolicy) {
-			return nil, &configError{err}
-		}
-		return nil, err
+		// What is left is the seal's own failure while unwrapping (a TPM
+		// that is not the one the vault was sealed with, a PCR policy that
+		// no longer holds, a backend that went away): all fixed on the host.
+		return nil, &configError{err}
 	}
 	return h, nil
 }
