@@ -3,7 +3,6 @@ package seal
 import (
 	"bytes"
 	"crypto/ecdh"
-	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -518,24 +517,9 @@ func resetPCR16(t *testing.T, sw *swtpmtest.TPM) {
 	}
 }
 
-func extendPCR16(t *testing.T, sw *swtpmtest.TPM) {
-	t.Helper()
-	c := sw.Open(t)
-	defer c.Close()
-	pcrExtend16(t, c)
-}
+func extendPCR16(t *testing.T, sw *swtpmtest.TPM) { sw.ExtendPCR(t, 16) }
 
-func pcrExtend16(t testing.TB, c transport.TPM) {
-	t.Helper()
-	d := make([]byte, 32)
-	rand.Read(d)
-	if _, err := (tpm2.PCRExtend{
-		PCRHandle: tpm2.AuthHandle{Handle: 16, Auth: tpm2.PasswordAuth(nil)},
-		Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: d}}},
-	}).Execute(c); err != nil {
-		t.Fatalf("PCR_Extend(16): %v", err)
-	}
-}
+func pcrExtend16(t testing.TB, c transport.TPM) { swtpmtest.ExtendPCR(t, c, 16) }
 
 // assertNoTransients checks that the seal left no object or session loaded:
 // swtpm has no resource manager, so a leak would stay until it restarts.

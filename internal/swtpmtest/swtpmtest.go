@@ -7,6 +7,7 @@ package swtpmtest
 
 import (
 	"bytes"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -172,4 +173,29 @@ func freePortPair() (int, error) {
 		}
 	}
 	return 0, errors.New("no two consecutive free ports")
+}
+
+// ExtendPCR extends a PCR (in the SHA-256 bank) with a random digest, as a
+// firmware or Secure Boot update would change PCR 7. PCR 16 is the debug
+// PCR, resettable and extendable at the default locality.
+func (s *TPM) ExtendPCR(t testing.TB, pcr int) {
+	t.Helper()
+	c := s.Open(t)
+	defer c.Close()
+	ExtendPCR(t, c, pcr)
+}
+
+// ExtendPCR extends pcr over an open connection.
+func ExtendPCR(t testing.TB, c transport.TPM, pcr int) {
+	t.Helper()
+	d := make([]byte, 32)
+	if _, err := rand.Read(d); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (tpm2.PCRExtend{
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
+		Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: d}}},
+	}).Execute(c); err != nil {
+		t.Fatalf("PCR_Extend(%d): %v", pcr, err)
+	}
 }
