@@ -425,3 +425,18 @@ func TestVersion(t *testing.T) {
 		t.Fatalf("version = %q", v)
 	}
 }
+
+func (h *harness) value(entry, field string) (string, bool) {
+	h.t.Helper()
+	out := h.path("check.json")
+	os.Remove(out)
+	h.must("", "vault", "unseal", "--out", out)
+	defer os.Remove(out)
+	data, _ := os.ReadFile(out)
+	var m map[string]map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		h.t.Fatalf("unsealed vault is not JSON: %v", err)
+	}
+	v, ok := m[entry][field].(string)
+	return v, ok
+}

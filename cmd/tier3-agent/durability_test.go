@@ -3,7 +3,6 @@
 package main_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -17,21 +16,6 @@ import (
 
 	"github.com/rapidvalue/tier3-agent/internal/testbin"
 )
-
-func (h *harness) value(entry, field string) (string, bool) {
-	h.t.Helper()
-	out := h.path("check.json")
-	os.Remove(out)
-	h.must("", "vault", "unseal", "--out", out)
-	defer os.Remove(out)
-	data, _ := os.ReadFile(out)
-	var m map[string]map[string]any
-	if err := json.Unmarshal(data, &m); err != nil {
-		h.t.Fatalf("unsealed vault is not JSON: %v", err)
-	}
-	v, ok := m[entry][field].(string)
-	return v, ok
-}
 
 // TestKilledWriterLeavesOldOrNew kills `vault set` with SIGKILL at random
 // points until 200 writers have died mid-run: the vault must always open and hold either the value
