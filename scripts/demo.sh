@@ -4,6 +4,10 @@
 # with an offline recovery key, secrets set from stdin, listed (never
 # printed), opened by upstream `age -d` with the recovery key, a lost host
 # key repaired with `vault rekey`, and a plaintext vault migrated in place.
+# Then the agent itself (cmd/rv-demo): the reference control plane, an
+# HTTPS target with an OAuth2 token endpoint that echoes secrets back, the
+# real binary with a sealed vault, a task end to end, a hostile envelope
+# refused, the audit trail, and a clean stop.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -58,4 +62,5 @@ set +e; "$bin" run; echo "exit status $?"; set -e
 show "$bin" vault seal --seal identity --recipient "$recovery"
 show "$bin" vault status
 
-step "demo complete"
+step "the agent: a task end to end against the reference control plane"
+go run ./cmd/rv-demo -agent "$bin"

@@ -302,6 +302,17 @@ var ErrMissing = errors.New("vault reference does not resolve")
 // destroys. A versioned reference takes exactly that version; without one,
 // the highest; a plain value answers any version.
 func (v *Vault) Resolve(r Ref) (*memguard.LockedBuffer, error) {
+	return v.resolve(r)
+}
+
+// AgentSecret returns the highest version of _agent/field (the agent's own
+// token or update key), or ErrMissing. References cannot name _agent:
+// only the agent itself reads it.
+func (v *Vault) AgentSecret(field string) (*memguard.LockedBuffer, error) {
+	return v.resolve(Ref{BusinessID: AgentEntry, Field: field})
+}
+
+func (v *Vault) resolve(r Ref) (*memguard.LockedBuffer, error) {
 	e := v.Entry(r.BusinessID)
 	if e == nil {
 		return nil, fmt.Errorf("%w: no entry %q", ErrMissing, r.BusinessID)

@@ -1,0 +1,468 @@
+// Package agent is the tier-3 agent's runtime: it registers with the
+// control plane, heartbeats, long-polls for task envelopes, runs them with
+// credentials resolved from the vault, and reports results and audit
+// events, with everything it sends redacted.
+//
+// It opens every connection itself; it listens on no port.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rapidvalue/tier3-agent/agent/audit"
+	"github.com/rapidvalue/tier3-agent/internal/config"
+	"github.com/rapidvalue/tier3-agent/internal/secmem"
+	"github.com/rapidvalue/tier3-agent/internal/wire"
+	"github.com/rapidvalue/tier3-agent/vault"
+)
+
+// VaultState is an opened vault as the runtime serves it.
+type VaultState struct {
+	Vault *vault.Vault
+	// Sealed and Seal describe it for registration.
+	Sealed bool
+	Seal   string
+}
+
+// Options configure an Agent. Config, Version, BinarySHA256, Token and
+// OpenVault are required.
+type Options struct {
+	Config       *config.Agent
+	Version      string
+	BinarySHA256 string
+	// Token is the bearer token, sealed; the agent keeps it.
+	Token *secmem.Sealed
+	// OpenVault opens the vault; it is called at start and on Reload.
+	OpenVault func() (*VaultState, error)
+	// LogWriter receives the agent's JSON log lines, every one redacted
+	// (nil: discarded).
+	LogWriter io.Writer
+	Clock     Clock
+	Hostname  string
+	// ShutdownGrace is how long running tasks may finish after a stop is
+	// asked for (default 30 s).
+	ShutdownGrace time.Duration
+	// AuditLog is the local hash-chained audit log; every event goes to it
+	// (the local-only ones too) before it is queued for the control plane.
+	AuditLog *audit.Log
+}
+
+// Agent is one running agent.
+type Agent struct {
+	opts    Options
+	cfg     *config.Agent
+	log     *slog.Logger
+	clock   Clock
+	cl      *client
+	started time.Time
+	mtlsFP  string
+	targets *targets
+	tokens  tokenCache
+
+	state     atomic.Pointer[runState]
+	reloadMu  sync.Mutex
+	inFlight  atomic.Int64
+	completed atomic.Int64
+	failed    atomic.Int64
+
+	pollWait  atomic.Int64 // time.Duration
+	heartbeat atomic.Int64 // time.Duration
+
+	events *audit.Queue
+
+	fatalOnce sync.Once
+	fatal     chan error
+}
+
+// runState is what a vault generation serves: the vault, the redactor that
+// knows its values, and the generation number.
+type runState struct {
+	vs         *VaultState
+	redact     *redactor
+	generation int64
+}
+
+// Methods lists the methods this build runs, for registration.
+func Methods() []string {
+	ms := make([]string, 0, len(methods))
+	for _, m := range methodOrder {
+		if _, ok := methods[m]; ok {
+			ms = append(ms, m)
+		}
+	}
+	return ms
+}
+
+// New validates the options and loads the vault; it sends nothing.
+func New(opts Options) (*Agent, error) {
+	if opts.Clock == nil {
+		opts.Clock = realClock{}
+	}
+	if opts.ShutdownGrace == 0 {
+		opts.ShutdownGrace = 30 * time.Second
+	}
+	if opts.Hostname == "" {
+		opts.Hostname, _ = os.Hostname()
+	}
+	cfg := opts.Config
+	tlsCfg, fp, err := newTLSConfig(cfg.ControlPlaneCA, cfg.TLSCert, cfg.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", config.ErrInvalid, err)
+	}
+	tg, err := newTargets(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", config.ErrInvalid, err)
+	}
+	a := &Agent{
+		opts: opts, cfg: cfg, clock: opts.Clock,
+		cl:      newClient(cfg.ControlPlaneURL.String(), tlsCfg, opts.Token, opts.Version),
+		started: opts.Clock.Now(), mtlsFP: fp, targets: tg,
+		fatal: make(chan error, 1),
+	}
+	w := opts.LogWriter
+	if w == nil {
+		w = io.Discard
+	}
+	a.log = slog.New(newLogHandler(w, slog.LevelInfo, func() *redactor { return a.state.Load().redact }))
+	a.pollWait.Store(int64(cfg.PollWait))
+	a.heartbeat.Store(int64(cfg.HeartbeatInterval))
+	if err := a.loadVault(); err != nil {
+		return nil, err
+	}
+	a.events, err = audit.NewQueue(audit.QueueConfig{
+		Send:    a.sendEvents,
+		Log:     opts.AuditLog,
+		Clock:   opts.Clock,
+		OnError: func(err error) { a.logWarn("audit event", "error", err) },
+	})
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// sendEvents posts one batch of audit events (§6).
+func (a *Agent) sendEvents(ctx context.Context, batch []wire.Event) error {
+	_, err := a.cl.do(ctx, "POST", "/events", wire.EventBatch{Events: batch}, nil)
+	var se *StatusError
+	switch {
+	case err == nil:
+		return nil
+	case a.fatalError(err) != nil:
+		a.setFatal(a.fatalError(err))
+		return audit.Permanent(err)
+	case errors.As(err, &se) && se.RetryAfter > 0:
+		return audit.RetryAfter(err, se.RetryAfter)
+	case errors.As(err, &se) && se.Code/100 == 4 && se.Code != 408 && se.Code != 429:
+		return audit.Permanent(err)
+	}
+	return err
+}
+
+// Logger is the agent's redacting logger, for the caller's own lines.
+func (a *Agent) Logger() *slog.Logger { return a.log }
+
+func (a *Agent) loadVault() error {
+	vs, err := a.opts.OpenVault()
+	if err != nil {
+		return err
+	}
+	r, err := newRedactor(vs.Vault)
+	if err != nil {
+		return err
+	}
+	r.addSealed(a.opts.Token)
+	gen := int64(1)
+	if old := a.state.Load(); old != nil {
+		gen = old.generation + 1
+	}
+	a.state.Store(&runState{vs: vs, redact: r, generation: gen})
+	return nil
+}
+
+// Reload re-opens the vault (SIGHUP). When it fails the old vault stays in
+// service and the error is returned for the log.
+func (a *Agent) Reload() error {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	if err := a.loadVault(); err != nil {
+		return err
+	}
+	gen := a.state.Load().generation
+	a.emit(wire.Event{Type: wire.EventVaultReloaded, Generation: gen})
+	a.logInfo("vault reloaded", "generation", gen)
+	return nil
+}
+
+func (a *Agent) emit(ev wire.Event) {
+	if ev.At.IsZero() {
+		ev.At = a.clock.Now().UTC()
+	}
+	ev.At = ev.At.UTC()
+	st := a.state.Load()
+	ev.Reason = st.redact.String(ev.Reason)
+	a.events.Emit(ev)
+}
+
+// logInfo and logWarn log through the redacting handler.
+func (a *Agent) logInfo(msg string, args ...any) { a.log.Info(msg, args...) }
+func (a *Agent) logWarn(msg string, args ...any) { a.log.Warn(msg, args...) }
+
+func (a *Agent) setFatal(err error) {
+	a.fatalOnce.Do(func() { a.fatal <- err })
+}
+
+// Run runs the agent until ctx is cancelled (a stop: running tasks get the
+// grace period, then Run returns nil) or a fatal answer (401, 403, TLS that
+// cannot work: Run returns the error).
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.register(ctx); err != nil {
+		if errors.Is(err, ErrDisabled) {
+			a.disable()
+		}
+		// Nothing was queued for the control plane yet but the local log
+		// has every event already.
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	// Events flow until Run returns; a last flush gets a few seconds.
+	evCtx, stopEvents := context.WithCancel(context.Background())
+	evDone := make(chan struct{})
+	go func() { defer close(evDone); a.events.Run(evCtx) }()
+	defer func() {
+		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		a.events.Close(fctx)
+		cancel()
+		stopEvents()
+		<-evDone
+	}()
+	pollCtx, stopPolling := context.WithCancel(ctx)
+	defer stopPolling()
+	// Tasks get their own context: a stop lets them finish (grace), a
+	// fatal error cancels them.
+	taskCtx, cancelTasks := context.WithCancel(context.Background())
+	defer cancelTasks()
+
+	var loops sync.WaitGroup
+	loops.Add(2)
+	go func() { defer loops.Done(); a.heartbeatLoop(pollCtx) }()
+	var tasks sync.WaitGroup
+	go func() { defer loops.Done(); a.pollLoop(pollCtx, taskCtx, &tasks) }()
+
+	var err error
+	select {
+	case <-ctx.Done():
+		a.logInfo("stopping: no new tasks; waiting for running ones", "grace", a.opts.ShutdownGrace.String())
+	case err = <-a.fatal:
+		a.logWarn("stopping", "error", err)
+	}
+	stopPolling()
+	loops.Wait()
+	if err != nil {
+		cancelTasks()
+		tasks.Wait()
+		if errors.Is(err, ErrDisabled) {
+			a.disable()
+		}
+		return err
+	}
+	done := make(chan struct{})
+	go func() { tasks.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-a.clock.After(a.opts.ShutdownGrace):
+		a.logWarn("grace period over: cancelling running tasks")
+		cancelTasks()
+		<-done
+	}
+	return nil
+}
+
+// disable records agent.disabled in the local audit log (never sent).
+func (a *Agent) disable() {
+	a.emit(wire.Event{Type: wire.EventDisabled, Reason: "the control plane answered 401: token unknown or revoked"})
+}
+
+func (a *Agent) register(ctx context.Context) error {
+	st := a.state.Load()
+	req := wire.RegisterRequest{
+		Hostname: a.opts.Hostname, Version: a.opts.Version, BinarySHA256: a.opts.BinarySHA256,
+		OS: runtime.GOOS, Arch: runtime.GOARCH, Methods: Methods(),
+		Vault: wire.VaultSummary{Sealed: st.vs.Sealed, Seal: st.vs.Seal, Entries: st.vs.Vault.Len()},
+	}
+	if a.mtlsFP != "" {
+		fp := a.mtlsFP
+		req.MTLSFingerprint = &fp
+	}
+	b := newBackoff()
+	for {
+		var resp wire.RegisterResponse
+		_, err := a.cl.do(ctx, "POST", "/register", req, &resp)
+		if err == nil {
+			if resp.AgentID == "" {
+				err = fmt.Errorf("%w: registration answered no agent_id", ErrProtocol)
+			} else {
+				a.cl.setAgentID(resp.AgentID)
+				if resp.HeartbeatIntervalS > 0 {
+					a.heartbeat.Store(int64(time.Duration(resp.HeartbeatIntervalS) * time.Second))
+				}
+				if resp.PollWaitS > 0 {
+					a.pollWait.Store(int64(time.Duration(min(resp.PollWaitS, 60)) * time.Second))
+				}
+				a.logInfo("registered", "agent_id", resp.AgentID, "version", a.opts.Version)
+				a.emit(wire.Event{Type: wire.EventRegistered})
+				if !st.vs.Sealed {
+					a.logWarn("running on a plaintext vault (RV_AGENT_VAULT_MODE=migrate): seal it with tier3-agent vault seal")
+					a.emit(wire.Event{Type: wire.EventVaultPlaintext})
+				}
+				return nil
+			}
+		}
+		if fatal := a.fatalError(err); fatal != nil {
+			return fatal
+		}
+		if err := a.wait(ctx, err, b); err != nil {
+			return err
+		}
+	}
+}
+
+// fatalError says whether err ends the agent: 401, 403 and TLS failures do.
+func (a *Agent) fatalError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrDisabled):
+		return err
+	case errors.Is(err, ErrForbidden):
+		fp := a.mtlsFP
+		if fp == "" {
+			fp = "none (no RV_AGENT_TLS_CERT)"
+		}
+		return fmt.Errorf("%w: this agent presented client certificate fingerprint %s", err, fp)
+	case errors.Is(err, ErrTLS):
+		return err
+	}
+	return nil
+}
+
+// wait sleeps before a retry: Retry-After for 429/503, else backoff.
+func (a *Agent) wait(ctx context.Context, err error, b *backoff) error {
+	d := b.next()
+	var se *StatusError
+	if errors.As(err, &se) && se.RetryAfter > 0 {
+		d = se.RetryAfter
+	}
+	a.logWarn("control plane call failed; retrying", "error", err, "in", d.String())
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-a.clock.After(d):
+		return nil
+	}
+}
+
+func (a *Agent) heartbeatLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.clock.After(time.Duration(a.heartbeat.Load())):
+		}
+		st := a.state.Load()
+		hb := wire.Heartbeat{
+			AgentID: a.cl.id(), Version: a.opts.Version, BinarySHA256: a.opts.BinarySHA256,
+			UptimeS:  int64(a.clock.Now().Sub(a.started) / time.Second),
+			InFlight: int(a.inFlight.Load()), Completed: a.completed.Load(), Failed: a.failed.Load(),
+			VaultGeneration: st.generation,
+		}
+		var resp wire.HeartbeatResponse
+		// Each heartbeat has its own deadline, shorter than the interval
+		// would allow drift for; it never waits on polls or tasks.
+		hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		_, err := a.cl.do(hctx, "POST", "/heartbeat", hb, &resp)
+		cancel()
+		if fatal := a.fatalError(err); fatal != nil {
+			a.setFatal(fatal)
+			return
+		}
+		if err != nil && ctx.Err() == nil {
+			a.logWarn("heartbeat failed", "error", err)
+		}
+	}
+}
+
+func (a *Agent) pollLoop(ctx, taskCtx context.Context, tasks *sync.WaitGroup) {
+	slots := make(chan struct{}, a.cfg.Concurrency)
+	b := newBackoff()
+	for {
+		// While full, do not poll.
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		wait := time.Duration(a.pollWait.Load())
+		pctx, cancel := context.WithTimeout(ctx, wait+30*time.Second)
+		raw, err := a.poll(pctx, wait)
+		cancel()
+		if err != nil {
+			<-slots
+			if ctx.Err() != nil {
+				return
+			}
+			if fatal := a.fatalError(err); fatal != nil {
+				a.setFatal(fatal)
+				return
+			}
+			if a.wait(ctx, err, b) != nil {
+				return
+			}
+			continue
+		}
+		b.reset()
+		if raw == nil {
+			<-slots
+			continue
+		}
+		tasks.Add(1)
+		a.inFlight.Add(1)
+		go func() {
+			defer func() { a.inFlight.Add(-1); <-slots; tasks.Done() }()
+			a.runTask(taskCtx, raw)
+		}()
+	}
+}
+
+// poll asks for the next task; nil, nil means none (204).
+func (a *Agent) poll(ctx context.Context, wait time.Duration) ([]byte, error) {
+	var raw rawBody
+	code, err := a.cl.do(ctx, "GET", "/tasks/next?wait="+strconv.Itoa(int(wait/time.Second)), nil, &raw)
+	if err != nil {
+		return nil, err
+	}
+	if code == 204 || len(raw) == 0 {
+		return nil, nil
+	}
+	return raw, nil
+}
+
+// rawBody keeps a body as bytes, after wire.Decode's checks.
+type rawBody []byte
+
+func (r *rawBody) UnmarshalJSON(b []byte) error {
+	*r = append((*r)[:0], b...)
+	return nil
+}

@@ -1,0 +1,219 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rapidvalue/tier3-agent/internal/secmem"
+	"github.com/rapidvalue/tier3-agent/internal/wire"
+)
+
+// StatusError is a control plane answer the agent must act on. Which kind
+// it is decides what the caller does (PROTOCOL.md's status table).
+type StatusError struct {
+	Code       int
+	RetryAfter time.Duration // for 429 and 503; 0 when absent
+	Endpoint   string
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("control plane answered %d to %s", e.Code, e.Endpoint)
+}
+
+var (
+	// ErrDisabled: 401, the token is unknown or revoked.
+	ErrDisabled = errors.New("the control plane does not accept this agent's token (unknown or revoked)")
+	// ErrForbidden: 403, the mTLS fingerprint is missing or wrong.
+	ErrForbidden = errors.New("the control plane refused this agent's client certificate")
+	// ErrTLS: the control plane's TLS cannot be negotiated or verified.
+	ErrTLS = errors.New("cannot establish TLS with the control plane")
+	// ErrProtocol: a response the agent cannot accept (too large,
+	// malformed); it backs off.
+	ErrProtocol = errors.New("control plane protocol error")
+)
+
+// client speaks PROTOCOL.md to the control plane.
+type client struct {
+	base      string // RV_CONTROL_PLANE_URL + /api/agent/v1
+	http      *http.Client
+	userAgent string
+	token     *secmem.Sealed
+
+	mu      sync.Mutex
+	agentID string
+}
+
+const maxErrorBody = 4 << 10
+
+func newTLSConfig(caFile, certFile, keyFile string) (*tls.Config, string, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, "", fmt.Errorf("RV_CONTROL_PLANE_CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, "", errors.New("RV_CONTROL_PLANE_CA holds no PEM certificate")
+		}
+		cfg.RootCAs = pool
+	}
+	fingerprint := ""
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, "", fmt.Errorf("RV_AGENT_TLS_CERT/RV_AGENT_TLS_KEY: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+		fingerprint = wire.CertFingerprint(cert.Certificate[0])
+	}
+	return cfg, fingerprint, nil
+}
+
+func newClient(base string, tlsCfg *tls.Config, token *secmem.Sealed, version string) *client {
+	tr := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		TLSClientConfig:       tlsCfg,
+		ForceAttemptHTTP2:     true,
+		DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   15 * time.Second,
+		ResponseHeaderTimeout: 0, // long polls: each request has its own deadline
+		MaxIdleConnsPerHost:   8,
+		IdleConnTimeout:       90 * time.Second,
+	}
+	return &client{
+		base:      base + wire.APIPrefix,
+		http:      &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+		userAgent: "tier3-agent/" + version,
+		token:     token,
+	}
+}
+
+func (c *client) setAgentID(id string) {
+	c.mu.Lock()
+	c.agentID = id
+	c.mu.Unlock()
+}
+
+func (c *client) id() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.agentID
+}
+
+// do sends one request and decodes a 2xx JSON body into out (when out is
+// not nil and the body is not empty). Everything else is an error: a
+// *StatusError for status codes, ErrTLS for TLS failures, ErrProtocol for
+// bodies it cannot accept, and the network error otherwise.
+func (c *client) do(ctx context.Context, method, path string, in, out any) (int, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return 0, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return 0, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("User-Agent", c.userAgent)
+	if id := c.id(); id != "" {
+		req.Header.Set(wire.HeaderAgentID, id)
+	}
+	// net/http takes header values as Go strings: the bearer token has a
+	// heap copy per request (SECURITY.md lists it).
+	tok, err := c.token.Open()
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+string(tok.Bytes()))
+	tok.Destroy()
+
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if isTLSError(err) {
+			return 0, fmt.Errorf("%w: %v", ErrTLS, err)
+		}
+		return 0, err
+	}
+	defer resp.Body.Close()
+	endpoint := strings.SplitN(path, "?", 2)[0]
+	if resp.StatusCode/100 != 2 {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+		se := &StatusError{Code: resp.StatusCode, Endpoint: endpoint}
+		if resp.StatusCode == 429 || resp.StatusCode == 503 {
+			se.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		}
+		switch resp.StatusCode {
+		case 401:
+			return se.Code, fmt.Errorf("%w: %w", ErrDisabled, se)
+		case 403:
+			return se.Code, fmt.Errorf("%w: %w", ErrForbidden, se)
+		}
+		return se.Code, se
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, wire.MaxBodyBytes+1))
+	if err != nil {
+		return resp.StatusCode, err
+	}
+	if len(data) > wire.MaxBodyBytes {
+		return resp.StatusCode, fmt.Errorf("%w: %s answered more than %d bytes", ErrProtocol, endpoint, wire.MaxBodyBytes)
+	}
+	if out != nil && len(bytes.TrimSpace(data)) > 0 && resp.StatusCode != http.StatusNoContent {
+		if err := wire.Decode(data, out, wire.Limits{}); err != nil {
+			return resp.StatusCode, fmt.Errorf("%w: %s: %v", ErrProtocol, endpoint, err)
+		}
+	}
+	return resp.StatusCode, nil
+}
+
+// parseRetryAfter reads seconds or an HTTP date, capped at 300 s.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	const limit = 300 * time.Second
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n >= 0 {
+		d = time.Duration(n) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(now)
+	}
+	return min(max(d, 0), limit)
+}
+
+func isTLSError(err error) bool {
+	var (
+		recErr  tls.RecordHeaderError
+		alert   tls.AlertError
+		unknown x509.UnknownAuthorityError
+		host    x509.HostnameError
+		inval   x509.CertificateInvalidError
+		verr    *tls.CertificateVerificationError
+	)
+	switch {
+	case errors.As(err, &verr), errors.As(err, &unknown), errors.As(err, &host), errors.As(err, &inval),
+		errors.As(err, &alert), errors.As(err, &recErr):
+		return true
+	}
+	s := err.Error()
+	return strings.Contains(s, "tls: ") && !strings.Contains(s, "timeout")
+}

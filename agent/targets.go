@@ -1,0 +1,108 @@
+package agent
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/rapidvalue/tier3-agent/internal/config"
+	"github.com/rapidvalue/tier3-agent/internal/wire"
+	"github.com/rapidvalue/tier3-agent/vault"
+)
+
+// targets holds what the agent needs to reach target systems: one TLS
+// configuration (system roots plus RV_AGENT_TARGET_CA) and transport.
+type targets struct {
+	tls       *tls.Config
+	transport *http.Transport
+	maxBody   int64
+}
+
+const maxRedirects = 5
+
+func newTargets(cfg *config.Agent) (*targets, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if cfg.TargetCA != "" {
+		pem, err := os.ReadFile(cfg.TargetCA)
+		if err != nil {
+			return nil, fmt.Errorf("RV_AGENT_TARGET_CA: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, errors.New("RV_AGENT_TARGET_CA holds no PEM certificate")
+		}
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}
+	return &targets{
+		tls: tc,
+		transport: &http.Transport{
+			// Targets sit in the customer's network: no proxy from the
+			// environment unless the operator sets one for the agent.
+			Proxy:                 http.ProxyFromEnvironment,
+			TLSClientConfig:       tc,
+			DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			TLSHandshakeTimeout:   15 * time.Second,
+			ResponseHeaderTimeout: 120 * time.Second,
+			MaxIdleConnsPerHost:   16,
+			IdleConnTimeout:       90 * time.Second,
+			ForceAttemptHTTP2:     true,
+		},
+		maxBody: cfg.MaxResponse,
+	}, nil
+}
+
+// errOtherOrigin stops a token endpoint's redirect.
+var errOtherOrigin = errors.New("redirect refused")
+
+// client returns an HTTP client for one origin: redirects are followed only
+// within it, at most five. A redirect elsewhere is not followed: the
+// redirect response itself is the answer, so a credential never follows
+// it, whatever header carries it.
+func (tg *targets) client(origin vault.Origin) *http.Client {
+	return &http.Client{
+		Transport: tg.transport,
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if len(via) >= maxRedirects {
+				return fmt.Errorf("more than %d redirects", maxRedirects)
+			}
+			o, err := vault.OriginOf(req.URL, false)
+			if err != nil || o != origin || req.URL.Scheme != "https" {
+				return http.ErrUseLastResponse
+			}
+			return nil
+		},
+	}
+}
+
+// classify turns a transport error into a task error class.
+func classifyTargetError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) && errors.Is(ue.Err, errOtherOrigin) {
+		return fail(wire.ErrTargetAuthFailed, "the token endpoint redirected; the redirect was not followed")
+	}
+	if isTLSError(err) {
+		return fail(wire.ErrTargetTLS, "TLS with the target failed: %v", scrubURLError(err))
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return fail(wire.ErrTargetUnreachable, "the target did not answer in time")
+	}
+	return fail(wire.ErrTargetUnreachable, "cannot reach the target: %v", scrubURLError(err))
+}
+
+// scrubURLError drops the URL (its query may carry data) from a url.Error.
+func scrubURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
