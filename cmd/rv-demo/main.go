@@ -12,22 +12,18 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/rapidvalue/tier3-agent/controlplane"
-	"github.com/rapidvalue/tier3-agent/internal/devca"
+	"github.com/rapidvalue/tier3-agent/internal/loopback"
 )
 
 func main() {
@@ -51,52 +47,27 @@ func run(agentBin string) error {
 		return errors.New("-agent PATH is required")
 	}
 	ctx := context.Background()
-	dir, err := os.MkdirTemp("", "rv-demo-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
 
 	step("the reference control plane, TLS with a generated CA, on loopback")
-	cp, err := controlplane.Start(controlplane.Config{})
+	bed, err := loopback.New(agentBin, controlplane.Config{})
 	if err != nil {
 		return err
 	}
-	defer cp.Close()
-	caFile := filepath.Join(dir, "cp-ca.pem")
-	os.WriteFile(caFile, cp.CAPEM(), 0o600)
+	defer bed.Close()
+	cp := bed.CP
 	fmt.Println("agent API:", cp.URL, " admin API:", cp.AdminURL)
-	tok, err := cp.Admin.CreateToken(ctx, controlplane.CreateTokenRequest{})
-	if err != nil {
-		return err
-	}
-	fmt.Println("created an agent token (id", tok.TokenID+")")
+	fmt.Println("created an agent token (id", bed.Token.TokenID+")")
 
 	step("a target: an HTTPS API with an OAuth2 token endpoint, which echoes what it is sent")
-	targetURL, targetCA, stopTarget, err := startTarget()
+	tg, err := loopback.StartTarget(targetHandler())
 	if err != nil {
 		return err
 	}
-	defer stopTarget()
-	targetCAFile := filepath.Join(dir, "target-ca.pem")
-	os.WriteFile(targetCAFile, targetCA, 0o600)
-	fmt.Println("target:", targetURL)
-
-	env := []string{
-		"PATH=" + os.Getenv("PATH"), "HOME=" + dir,
-		"RV_CONTROL_PLANE_URL=" + cp.URL, "RV_CONTROL_PLANE_CA=" + caFile,
-		"RV_AGENT_TARGET_CA=" + targetCAFile,
-		"RV_AGENT_VAULT_PATH=" + filepath.Join(dir, "agent-vault.json"),
-		"RV_AGENT_VAULT_IDENTITY_FILE=" + filepath.Join(dir, "host.key"),
-		"RV_POLL_WAIT=2", "RV_HEARTBEAT_INTERVAL=2", "RV_AGENT_SELF_UPDATE=0",
+	defer tg.Close()
+	if err := bed.TrustTarget(tg); err != nil {
+		return err
 	}
-	agent := func(stdin string, args ...string) (string, error) {
-		cmd := exec.Command(agentBin, args...)
-		cmd.Env = env
-		cmd.Stdin = strings.NewReader(stdin)
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
+	fmt.Println("target:", tg.URL)
 
 	step("a sealed vault holding the connector's secrets and the agent's own token and update key")
 	for _, c := range []struct {
@@ -106,30 +77,25 @@ func run(agentBin string) error {
 		{"", []string{"vault", "init", "--seal", "identity"}},
 		{"rv-demo-client", []string{"vault", "set", "acme-api", "client_id"}},
 		{clientSecret, []string{"vault", "set", "acme-api", "client_secret"}},
-		{"", []string{"vault", "bind", "acme-api", targetURL}},
-		{tok.Token, []string{"vault", "set", "_agent", "token"}},
-		{tok.UpdateKey, []string{"vault", "set", "_agent", "update_key"}},
+		{"", []string{"vault", "bind", "acme-api", tg.URL}},
+		{bed.Token.Token, []string{"vault", "set", "_agent", "token"}},
+		{bed.Token.UpdateKey, []string{"vault", "set", "_agent", "update_key"}},
 	} {
-		if out, err := agent(c.stdin, c.args...); err != nil {
-			return fmt.Errorf("tier3-agent %v: %v\n%s", c.args, err, out)
+		if _, err := bed.Run(c.stdin, c.args...); err != nil {
+			return err
 		}
 	}
-	out, _ := agent("", "vault", "list")
+	out, _ := bed.Run("", "vault", "list")
 	fmt.Print(out)
 
 	step("the agent: tier3-agent run (it opens every connection; it listens on nothing)")
-	var logs bytes.Buffer
-	cmd := exec.Command(agentBin, "run")
-	cmd.Env = env
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
+	agent, err := bed.Start()
+	if err != nil {
 		return err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer cmd.Process.Kill()
+	defer agent.Stop(10 * time.Second)
 	var agentID string
-	if err := waitFor(20*time.Second, exited, func() bool {
+	if err := agent.WaitFor(20*time.Second, func() bool {
 		as, err := cp.Admin.Agents(ctx)
 		if err == nil && len(as) == 1 && as[0].AgentID != "" {
 			agentID = as[0].AgentID
@@ -139,21 +105,21 @@ func run(agentBin string) error {
 		}
 		return false
 	}); err != nil {
-		return fmt.Errorf("registration: %w\n%s", err, logs.String())
+		return fmt.Errorf("registration: %w\n%s", err, agent.Logs())
 	}
 
 	step("a task: http.request with oauth2_client_credentials, credentials as vault references")
 	envelope := map[string]any{
 		"method":    "http.request",
-		"connector": map[string]any{"business_id": "acme-api", "type": "rest", "base_url": targetURL},
-		"auth": map[string]any{"scheme": "oauth2_client_credentials", "token_url": targetURL + "/oauth2/token",
+		"connector": map[string]any{"business_id": "acme-api", "type": "rest", "base_url": tg.URL},
+		"auth": map[string]any{"scheme": "oauth2_client_credentials", "token_url": tg.URL + "/oauth2/token",
 			"credentials": map[string]any{"client_id": "vault://local/acme-api/client_id", "client_secret": "vault://local/acme-api/client_secret"}},
 		"request": map[string]any{"method": "GET", "path": "/api/users/7"},
 		"lease_s": 60, "timeout_s": 30,
 	}
 	pretty, _ := json.MarshalIndent(envelope, "", "  ")
 	fmt.Printf("enqueued:\n%s\n", pretty)
-	ti, err := enqueueAndWait(ctx, cp, envelope, exited)
+	ti, err := enqueueAndWait(ctx, cp, agent, envelope)
 	if err != nil {
 		return err
 	}
@@ -171,7 +137,7 @@ func run(agentBin string) error {
 
 	step("a hostile envelope: a literal secret where a vault reference belongs")
 	envelope["auth"] = map[string]any{"scheme": "bearer", "credentials": map[string]any{"token": "literal-secret-from-the-cloud"}}
-	ti, err = enqueueAndWait(ctx, cp, envelope, exited)
+	ti, err = enqueueAndWait(ctx, cp, agent, envelope)
 	if err != nil {
 		return err
 	}
@@ -184,7 +150,7 @@ func run(agentBin string) error {
 	var evs []controlplane.StoredEvent
 	// Events are batched (up to 1 s): wait for registered, 2 × claimed,
 	// completed and failed.
-	if err := waitFor(20*time.Second, exited, func() bool {
+	if err := agent.WaitFor(20*time.Second, func() bool {
 		evs, err = cp.Admin.Events(ctx, controlplane.EventQuery{AgentID: agentID})
 		return err == nil && len(evs) >= 5
 	}); err != nil {
@@ -196,23 +162,20 @@ func run(agentBin string) error {
 	}
 
 	step("stop: SIGTERM, running tasks finish, exit 0")
-	cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-exited:
-		if err != nil {
-			return fmt.Errorf("the agent exited with %v\n%s", err, logs.String())
+	if err := agent.Stop(30 * time.Second); err != nil {
+		return fmt.Errorf("the agent exited with %v\n%s", err, agent.Logs())
+	}
+	fmt.Println("the agent exited 0")
+	logs := agent.Logs()
+	for _, s := range []string{accessToken, clientSecret, bed.Token.Token} {
+		if strings.Contains(logs, s) {
+			return errors.New("a secret reached the agent's log")
 		}
-		fmt.Println("the agent exited 0")
-	case <-time.After(30 * time.Second):
-		return errors.New("the agent did not stop")
 	}
-	if bytes.Contains(logs.Bytes(), []byte(accessToken)) || bytes.Contains(logs.Bytes(), []byte(clientSecret)) || bytes.Contains(logs.Bytes(), []byte(tok.Token)) {
-		return errors.New("a secret reached the agent's log")
-	}
-	fmt.Printf("its log: %d lines of JSON, no secret in them\n", strings.Count(logs.String(), "\n"))
+	fmt.Printf("its log: %d lines of JSON, no secret in them\n", strings.Count(logs, "\n"))
 
 	step("the local hash-chained audit log")
-	out, err = agent("", "audit", "verify", filepath.Join(dir, "audit.log"))
+	out, err = bed.Run("", "audit", "verify", filepath.Join(bed.Dir, "audit.log"))
 	fmt.Print(out)
 	if err != nil {
 		return err
@@ -221,47 +184,22 @@ func run(agentBin string) error {
 	return nil
 }
 
-func enqueueAndWait(ctx context.Context, cp *controlplane.TestServer, envelope map[string]any, exited <-chan error) (controlplane.TaskInfo, error) {
+func enqueueAndWait(ctx context.Context, cp *controlplane.TestServer, agent *loopback.Agent, envelope map[string]any) (controlplane.TaskInfo, error) {
 	id, err := cp.Admin.Enqueue(ctx, envelope, controlplane.EnqueueOptions{Unchecked: true})
 	if err != nil {
 		return controlplane.TaskInfo{}, err
 	}
 	var ti controlplane.TaskInfo
-	err = waitFor(60*time.Second, exited, func() bool {
+	err = agent.WaitFor(60*time.Second, func() bool {
 		ti, err = cp.Admin.Task(ctx, id)
 		return err == nil && ti.Result != nil
 	})
 	return ti, err
 }
 
-// waitFor polls cond (the agent is another process: the control plane is
-// where its progress shows).
-func waitFor(limit time.Duration, exited <-chan error, cond func() bool) error {
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return errors.New("timed out")
-		}
-		select {
-		case err := <-exited:
-			return fmt.Errorf("the agent exited: %v", err)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	return nil
-}
-
-// startTarget serves an OAuth2 token endpoint and an API that echoes the
+// targetHandler serves an OAuth2 token endpoint and an API that echoes the
 // request's headers and the access token: a target that gives secrets back.
-func startTarget() (string, []byte, func(), error) {
-	ca, err := devca.New()
-	if err != nil {
-		return "", nil, nil, err
-	}
-	cert, err := ca.Server()
-	if err != nil {
-		return "", nil, nil, err
-	}
+func targetHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /oauth2/token", func(w http.ResponseWriter, r *http.Request) {
 		if r.ParseForm() != nil || r.PostForm.Get("client_secret") != clientSecret || r.PostForm.Get("grant_type") != "client_credentials" {
@@ -283,11 +221,5 @@ func startTarget() (string, []byte, func(), error) {
 			"debug": map[string]any{"you_sent": r.Header.Get("Authorization"), "session": accessToken},
 		})
 	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, nil, err
-	}
-	srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}
-	go srv.ServeTLS(ln, "", "")
-	return "https://" + ln.Addr().String(), ca.CertPEM(), func() { srv.Close() }, nil
+	return mux
 }
