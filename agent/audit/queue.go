@@ -543,3 +543,8 @@ func (q *Queue) report(err error) {
 		q.onError(err)
 	}
 }
+
+var _ Clock = realClock{}
+
+// The agent's EventSink has this shape.
+var _ interface{ Emit(wire.Event) } = (*Queue)(nil)

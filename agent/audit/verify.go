@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 )
 
@@ -106,8 +107,16 @@ type chain struct {
 	anchorHash [sha256.Size]byte
 }
 
+// readers holds line buffers of MaxLineBytes for reuse.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, MaxLineBytes) }}
+
 func (c *chain) run(r io.Reader) error {
-	br := bufio.NewReaderSize(r, MaxLineBytes)
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(r)
+	defer func() {
+		br.Reset(nil)
+		readers.Put(br)
+	}()
 	for {
 		line, err := br.ReadSlice('\n')
 		switch {

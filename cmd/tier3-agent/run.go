@@ -83,6 +83,15 @@ func (c *cli) runAgent(args []string) error {
 		return err
 	}
 	auditLog, err := audit.Open(cfg.AuditLog)
+	if errors.Is(err, audit.ErrBroken) {
+		// A broken chain (a crash mid-line, or an edit) is kept for the
+		// investigation, never appended to: a new log starts beside it.
+		aside, merr := audit.MoveAside(cfg.AuditLog)
+		if merr == nil {
+			fmt.Fprintf(c.stderr, "tier3-agent: warning: the audit log %s is broken (%v); kept as %s, a new log starts\n", cfg.AuditLog, err, aside)
+			auditLog, err = audit.Open(cfg.AuditLog)
+		}
+	}
 	if err != nil {
 		return &hinted{fmt.Errorf("%w: audit log %s: %w", config.ErrInvalid, cfg.AuditLog, err), "check RV_AGENT_AUDIT_LOG; tier3-agent audit verify names the first bad line"}
 	}
