@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/rapidvalue/tier3-agent/agent/audit"
+	"github.com/rapidvalue/tier3-agent/agent/redact"
 	"github.com/rapidvalue/tier3-agent/internal/config"
 	"github.com/rapidvalue/tier3-agent/internal/secmem"
 	"github.com/rapidvalue/tier3-agent/internal/wire"
@@ -78,7 +79,8 @@ type Agent struct {
 	pollWait  atomic.Int64 // time.Duration
 	heartbeat atomic.Int64 // time.Duration
 
-	events *audit.Queue
+	events   *audit.Queue
+	wentIdle chan struct{}
 
 	fatalOnce sync.Once
 	fatal     chan error
@@ -127,7 +129,7 @@ func New(opts Options) (*Agent, error) {
 		opts: opts, cfg: cfg, clock: opts.Clock,
 		cl:      newClient(cfg.ControlPlaneURL.String(), tlsCfg, opts.Token, opts.Version),
 		started: opts.Clock.Now(), mtlsFP: fp, targets: tg,
-		fatal: make(chan error, 1),
+		fatal: make(chan error, 1), wentIdle: make(chan struct{}, 1),
 	}
 	w := opts.LogWriter
 	if w == nil {
@@ -177,14 +179,17 @@ func (a *Agent) loadVault() error {
 	if err != nil {
 		return err
 	}
-	r, err := newRedactor(vs.Vault)
+	gen := int64(1)
+	var base *redact.Redactor
+	if old := a.state.Load(); old != nil {
+		gen, base = old.generation+1, old.redact.r
+	}
+	r, err := newRedactor(base, vs.Vault)
 	if err != nil {
 		return err
 	}
-	r.addSealed(a.opts.Token)
-	gen := int64(1)
-	if old := a.state.Load(); old != nil {
-		gen = old.generation + 1
+	if err := r.addSealed(a.opts.Token); err != nil {
+		return fmt.Errorf("%w: the agent token: %w", config.ErrInvalid, err)
 	}
 	a.state.Store(&runState{vs: vs, redact: r, generation: gen})
 	return nil
@@ -256,8 +261,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancelTasks()
 
 	var loops sync.WaitGroup
-	loops.Add(2)
+	loops.Add(3)
 	go func() { defer loops.Done(); a.heartbeatLoop(pollCtx) }()
+	go func() { defer loops.Done(); a.hygieneLoop(pollCtx) }()
 	var tasks sync.WaitGroup
 	go func() { defer loops.Done(); a.pollLoop(pollCtx, taskCtx, &tasks) }()
 
@@ -440,7 +446,13 @@ func (a *Agent) pollLoop(ctx, taskCtx context.Context, tasks *sync.WaitGroup) {
 		tasks.Add(1)
 		a.inFlight.Add(1)
 		go func() {
-			defer func() { a.inFlight.Add(-1); <-slots; tasks.Done() }()
+			defer func() {
+				if a.inFlight.Add(-1) == 0 {
+					a.noteIdle()
+				}
+				<-slots
+				tasks.Done()
+			}()
 			a.runTask(taskCtx, raw)
 		}()
 	}

@@ -111,8 +111,12 @@ func (c *tokenCache) get(ctx context.Context, t *taskRun) (*memguard.LockedBuffe
 	if err != nil {
 		return nil, err
 	}
-	// Tokens the agent obtains are secrets too: redact them everywhere.
-	t.st.redact.add(tok.Bytes())
+	// Tokens the agent obtains are secrets too: redact them everywhere,
+	// and refuse one that cannot be redacted.
+	if err := t.st.redact.add(tok.Bytes()); err != nil {
+		tok.Destroy()
+		return nil, fail(wire.ErrTargetAuthFailed, "%v", err)
+	}
 	sealed, err := secmem.SealValue(append([]byte(nil), tok.Bytes()...))
 	if err != nil {
 		tok.Destroy()

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rapidvalue/tier3-agent/internal/secmem"
@@ -54,6 +55,12 @@ type client struct {
 
 	mu      sync.Mutex
 	agentID string
+
+	// halted is the first 401 or 403 answer. Once it is set every call
+	// returns it without sending anything: a disabled agent stops all
+	// traffic at once (PROTOCOL.md's status table), its pending results
+	// and audit events included.
+	halted atomic.Pointer[error]
 }
 
 const maxErrorBody = 4 << 10
@@ -119,6 +126,9 @@ func (c *client) id() string {
 // *StatusError for status codes, ErrTLS for TLS failures, ErrProtocol for
 // bodies it cannot accept, and the network error otherwise.
 func (c *client) do(ctx context.Context, method, path string, in, out any) (int, error) {
+	if h := c.halted.Load(); h != nil {
+		return 0, *h
+	}
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -162,11 +172,16 @@ func (c *client) do(ctx context.Context, method, path string, in, out any) (int,
 		if resp.StatusCode == 429 || resp.StatusCode == 503 {
 			se.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 		}
+		var fatal error
 		switch resp.StatusCode {
 		case 401:
-			return se.Code, fmt.Errorf("%w: %w", ErrDisabled, se)
+			fatal = fmt.Errorf("%w: %w", ErrDisabled, se)
 		case 403:
-			return se.Code, fmt.Errorf("%w: %w", ErrForbidden, se)
+			fatal = fmt.Errorf("%w: %w", ErrForbidden, se)
+		}
+		if fatal != nil {
+			c.halted.CompareAndSwap(nil, &fatal)
+			return se.Code, fatal
 		}
 		return se.Code, se
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/rapidvalue/tier3-agent/agent/redact"
@@ -9,8 +10,13 @@ import (
 	"github.com/rapidvalue/tier3-agent/vault"
 )
 
-// redactor scrubs every value of one vault generation, and every token
-// obtained while it serves, from what leaves the agent.
+// redactor scrubs every value of the vault, and every token obtained with
+// it, from what leaves the agent.
+//
+// One redact.Redactor serves the agent's whole life: a reload adds the new
+// vault's values to it and never removes the old ones (scrubbing a value
+// that is no longer in the vault is the safe side), so no locked memory is
+// left behind by a reload.
 type redactor struct {
 	r *redact.Redactor
 	// unredactable names the entry/field values too short to be found
@@ -19,22 +25,22 @@ type redactor struct {
 	unredactable map[string]bool
 }
 
-// newRedactor loads every value of the vault (identifier fields and the
-// _agent entry included: SPEC.md lets client_id, username and bind_dn
-// appear in results, but scrubbing them too is the safe side only where
-// they are not also data; they are skipped so that directory results
-// keep their DNs).
-func newRedactor(v *vault.Vault) (*redactor, error) {
-	r, err := redact.New()
-	if err != nil {
-		return nil, err
+// newRedactor adds every value of v to base (a new redact.Redactor when
+// base is nil). The identifier fields client_id, username and bind_dn are
+// not secrets (SPEC.md) and are left out, except in the _agent entry.
+func newRedactor(base *redact.Redactor, v *vault.Vault) (*redactor, error) {
+	if base == nil {
+		var err error
+		if base, err = redact.New(); err != nil {
+			return nil, err
+		}
 	}
-	red := &redactor{r: r, unredactable: map[string]bool{}}
-	err = v.Each(func(entry, field string, value []byte) error {
+	red := &redactor{r: base, unredactable: map[string]bool{}}
+	err := v.Each(func(entry, field string, value []byte) error {
 		if vault.IdentifierFields[field] && entry != vault.AgentEntry {
 			return nil
 		}
-		err := r.Add(value)
+		err := base.Add(value)
 		if errors.Is(err, redact.ErrTooShort) || errors.Is(err, redact.ErrLikeMarker) {
 			red.unredactable[entry+"/"+field] = true
 			return nil
@@ -47,20 +53,22 @@ func newRedactor(v *vault.Vault) (*redactor, error) {
 	return red, nil
 }
 
-// add learns a secret obtained at run time (an access token). It copies
-// secret: the caller keeps and destroys its own buffer.
-func (r *redactor) add(secret []byte) { r.r.Add(secret) }
-
-func (r *redactor) addSealed(s *secmem.Sealed) {
-	if s == nil {
-		return
+// add learns a secret obtained at run time (an access token). A secret it
+// cannot redact is an error: the caller must not use it.
+func (r *redactor) add(secret []byte) error {
+	if err := r.r.Add(secret); err != nil {
+		return fmt.Errorf("cannot keep an obtained credential out of results: %w", err)
 	}
+	return nil
+}
+
+func (r *redactor) addSealed(s *secmem.Sealed) error {
 	b, err := s.Open()
 	if err != nil {
-		return
+		return err
 	}
-	r.r.Add(b.Bytes())
-	b.Destroy()
+	defer b.Destroy()
+	return r.add(b.Bytes())
 }
 
 func (r *redactor) String(s string) string { return r.r.String(s) }

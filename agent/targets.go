@@ -70,7 +70,9 @@ func (tg *targets) client(origin vault.Origin) *http.Client {
 	return &http.Client{
 		Transport: tg.transport,
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
-			if len(via) >= maxRedirects {
+			// via holds the requests made so far: the first and the
+			// redirects already followed; this is redirect len(via).
+			if len(via) > maxRedirects {
 				return fmt.Errorf("more than %d redirects", maxRedirects)
 			}
 			o, err := vault.OriginOf(req.URL, false)

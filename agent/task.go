@@ -47,6 +47,10 @@ type taskRun struct {
 	// renewal goroutine; read by the result sender after it stops).
 	leaseEnd time.Time
 	req      any // the method's parsed request
+	// cancel stops the task with a cause: errLeaseLost or errCancelled
+	// when a chunk is answered 409 or 410 (chunks.go). Nil until runTask
+	// sets it.
+	cancel context.CancelCauseFunc
 }
 
 func lenientTaskID(raw []byte) string {
@@ -87,6 +91,7 @@ func (a *Agent) runTask(ctx context.Context, raw []byte) {
 
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	t.cancel = cancel
 	timeout := time.Duration(env.TimeoutS) * time.Second
 	if timeout <= 0 {
 		timeout = wire.DefaultTimeout

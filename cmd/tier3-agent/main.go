@@ -90,7 +90,8 @@ func exitCode(err error) int {
 	switch {
 	case errors.As(err, &ue):
 		return 2
-	case errors.Is(err, hostvault.ErrConfig), errors.Is(err, config.ErrInvalid), errors.Is(err, secmem.ErrMemlock), errors.Is(err, errHarden):
+	case errors.Is(err, hostvault.ErrConfig), errors.Is(err, config.ErrInvalid), errors.Is(err, secmem.ErrMemlock), errors.Is(err, errHarden),
+		errors.Is(err, errAgentFatal):
 		return 78
 	}
 	return 1
