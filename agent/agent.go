@@ -56,6 +56,18 @@ type Options struct {
 	// AuditLog is the local hash-chained audit log; every event goes to it
 	// (the local-only ones too) before it is queued for the control plane.
 	AuditLog *audit.Log
+	// Updater, when set, handles self-update (§7): Run is started once the
+	// agent is registered, and Heartbeat is told of every answered
+	// heartbeat with its update_available hint. Package update implements it.
+	Updater Updater
+}
+
+// Updater is the agent's self-update (PROTOCOL.md §7).
+type Updater interface {
+	// Run runs until ctx ends.
+	Run(ctx context.Context)
+	// Heartbeat must not block.
+	Heartbeat(updateAvailable bool)
 }
 
 // Agent is one running agent.
@@ -174,6 +186,22 @@ func (a *Agent) sendEvents(ctx context.Context, batch []wire.Event) error {
 // Logger is the agent's redacting logger, for the caller's own lines.
 func (a *Agent) Logger() *slog.Logger { return a.log }
 
+// AgentID is the ID the control plane gave at registration, "" before.
+func (a *Agent) AgentID() string { return a.cl.id() }
+
+// Emit records an audit event: the local audit log, then the control plane.
+func (a *Agent) Emit(ev wire.Event) { a.emit(ev) }
+
+// Fetch streams GET rawURL from the control plane's origin (the self-update
+// download; see client.stream). A fatal answer stops the agent as anywhere.
+func (a *Agent) Fetch(ctx context.Context, rawURL string, limit int64) (int, io.ReadCloser, error) {
+	code, body, err := a.cl.stream(ctx, rawURL, limit)
+	if fatal := a.fatalError(err); fatal != nil {
+		a.setFatal(fatal)
+	}
+	return code, body, err
+}
+
 func (a *Agent) loadVault() error {
 	vs, err := a.opts.OpenVault()
 	if err != nil {
@@ -266,6 +294,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer loops.Done(); a.hygieneLoop(pollCtx) }()
 	var tasks sync.WaitGroup
 	go func() { defer loops.Done(); a.pollLoop(pollCtx, taskCtx, &tasks) }()
+	if u := a.opts.Updater; u != nil {
+		loops.Add(1)
+		go func() { defer loops.Done(); u.Run(pollCtx) }()
+	}
 
 	var err error
 	select {
@@ -404,6 +436,9 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 			a.setFatal(fatal)
 			return
 		}
+		if u := a.opts.Updater; u != nil && err == nil {
+			u.Heartbeat(resp.UpdateAvailable)
+		}
 		if err != nil && ctx.Err() == nil {
 			a.logWarn("heartbeat failed", "error", err)
 		}
@@ -471,10 +506,6 @@ func (a *Agent) poll(ctx context.Context, wait time.Duration) ([]byte, error) {
 	return raw, nil
 }
 
-// rawBody keeps a body as bytes, after wire.Decode's checks.
+// rawBody asks client.do for the body as it came (at most 1 MiB): the
+// task runner decodes it strictly itself.
 type rawBody []byte
-
-func (r *rawBody) UnmarshalJSON(b []byte) error {
-	*r = append((*r)[:0], b...)
-	return nil
-}

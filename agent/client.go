@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -121,6 +122,11 @@ func (c *client) id() string {
 	return c.agentID
 }
 
+// encodedJSON is a request body already encoded as JSON, sent as it is
+// (json.Marshal would only copy and re-check it): a chunk, which its
+// sender builds record by record (chunks.go).
+type encodedJSON []byte
+
 // do sends one request and decodes a 2xx JSON body into out (when out is
 // not nil and the body is not empty). Everything else is an error: a
 // *StatusError for status codes, ErrTLS for TLS failures, ErrProtocol for
@@ -131,9 +137,12 @@ func (c *client) do(ctx context.Context, method, path string, in, out any) (int,
 	}
 	var body io.Reader
 	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return 0, err
+		b, ok := in.(encodedJSON)
+		if !ok {
+			var err error
+			if b, err = json.Marshal(in); err != nil {
+				return 0, err
+			}
 		}
 		body = bytes.NewReader(b)
 	}
@@ -192,6 +201,12 @@ func (c *client) do(ctx context.Context, method, path string, in, out any) (int,
 	if len(data) > wire.MaxBodyBytes {
 		return resp.StatusCode, fmt.Errorf("%w: %s answered more than %d bytes", ErrProtocol, endpoint, wire.MaxBodyBytes)
 	}
+	if rb, ok := out.(*rawBody); ok {
+		// A task envelope is checked by the task runner, which can fail
+		// the task with invalid_envelope when it names its task_id.
+		*rb = data
+		return resp.StatusCode, nil
+	}
 	if out != nil && len(bytes.TrimSpace(data)) > 0 && resp.StatusCode != http.StatusNoContent {
 		if err := wire.Decode(data, out, wire.Limits{}); err != nil {
 			return resp.StatusCode, fmt.Errorf("%w: %s: %v", ErrProtocol, endpoint, err)
@@ -232,3 +247,76 @@ func isTLSError(err error) bool {
 	s := err.Error()
 	return strings.Contains(s, "tls: ") && !strings.Contains(s, "timeout")
 }
+
+// stream sends GET rawURL, which must be on the control plane's origin (the
+// bearer token goes nowhere else), and returns the status and the body for
+// the caller to read and close. A 2xx body yields at most limit bytes; one
+// more is an ErrProtocol error. The self-update download uses it: its body
+// is larger than any JSON answer and is hashed as it streams. Non-2xx
+// answers are errors as do returns them.
+func (c *client) stream(ctx context.Context, rawURL string, limit int64) (int, io.ReadCloser, error) {
+	u, err := url.Parse(rawURL)
+	base, berr := url.Parse(c.base)
+	if err != nil || berr != nil || u.Scheme != base.Scheme || !strings.EqualFold(u.Host, base.Host) || u.User != nil {
+		return 0, nil, fmt.Errorf("%w: a download URL is not on the control plane's origin", ErrProtocol)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("User-Agent", c.userAgent)
+	if id := c.id(); id != "" {
+		req.Header.Set(wire.HeaderAgentID, id)
+	}
+	tok, err := c.token.Open()
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+string(tok.Bytes()))
+	tok.Destroy()
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if isTLSError(err) {
+			return 0, nil, fmt.Errorf("%w: %v", ErrTLS, err)
+		}
+		return 0, nil, err
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+		se := &StatusError{Code: resp.StatusCode, Endpoint: u.Path}
+		if resp.StatusCode == 429 || resp.StatusCode == 503 {
+			se.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		}
+		switch resp.StatusCode {
+		case 401:
+			return se.Code, nil, fmt.Errorf("%w: %w", ErrDisabled, se)
+		case 403:
+			return se.Code, nil, fmt.Errorf("%w: %w", ErrForbidden, se)
+		}
+		return se.Code, nil, se
+	}
+	return resp.StatusCode, &cappedBody{rc: resp.Body, limit: limit, left: limit}, nil
+}
+
+// cappedBody reads at most limit bytes of a body; more is an error.
+type cappedBody struct {
+	rc          io.ReadCloser
+	limit, left int64
+}
+
+func (b *cappedBody) Read(p []byte) (int, error) {
+	if int64(len(p)) > b.left+1 {
+		p = p[:b.left+1]
+	}
+	n, err := b.rc.Read(p)
+	if int64(n) > b.left {
+		n = int(b.left)
+		b.left = 0
+		return n, fmt.Errorf("%w: the body is longer than %d bytes", ErrProtocol, b.limit)
+	}
+	b.left -= int64(n)
+	return n, err
+}
+
+func (b *cappedBody) Close() error { return b.rc.Close() }
