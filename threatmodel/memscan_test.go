@@ -78,10 +78,10 @@ func TestMemoryHygiene(t *testing.T) {
 	bed.TrustTarget(tg)
 	bed.Setenv("RV_AGENT_CONCURRENCY", "8")
 	secrets := map[string][]byte{
-		"used bearer token (crm/token)":         []byte("Mem-Scan-Bearer-Token-7Gx2Qp"),
-		"unused password (ldap-corp/password)":  []byte("Mem-Scan-Unused-Password-K3v9"),
-		"agent token (_agent/token)":            []byte(bed.Token.Token),
-		"update key (_agent/update_key)":        []byte(bed.Token.UpdateKey),
+		"used bearer token (crm/token)":        []byte("Mem-Scan-Bearer-Token-7Gx2Qp"),
+		"unused password (ldap-corp/password)": []byte("Mem-Scan-Unused-Password-K3v9"),
+		"agent token (_agent/token)":           []byte(bed.Token.Token),
+		"update key (_agent/update_key)":       []byte(bed.Token.UpdateKey),
 	}
 	for _, c := range [][]string{
 		{"", "vault", "init", "--seal", "identity"},
