@@ -413,12 +413,14 @@ func (a *Agent) wait(ctx context.Context, err error, b *backoff) error {
 }
 
 func (a *Agent) heartbeatLoop(ctx context.Context) {
+	wait := time.Duration(a.heartbeat.Load())
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-a.clock.After(time.Duration(a.heartbeat.Load())):
+		case <-a.clock.After(wait):
 		}
+		wait = time.Duration(a.heartbeat.Load())
 		st := a.state.Load()
 		hb := wire.Heartbeat{
 			AgentID: a.cl.id(), Version: a.opts.Version, BinarySHA256: a.opts.BinarySHA256,
@@ -441,6 +443,13 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 		}
 		if err != nil && ctx.Err() == nil {
 			a.logWarn("heartbeat failed", "error", err)
+		}
+		// A 429 or 503 with Retry-After longer than the interval holds
+		// the next heartbeat back too (the status table is for every
+		// endpoint).
+		var se *StatusError
+		if errors.As(err, &se) && se.RetryAfter > wait {
+			wait = se.RetryAfter
 		}
 	}
 }
