@@ -1,0 +1,354 @@
+//go:build linux
+
+package agent_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rapidvalue/tier3-agent/controlplane"
+	"github.com/rapidvalue/tier3-agent/internal/slapdtest"
+	"github.com/rapidvalue/tier3-agent/internal/testbin"
+)
+
+// TestSyncBenchmark measures http.sync and ldap.search through the real
+// agent binary next to reading the same data directly, on the same machine
+// in the same run, and prints a Markdown table (docs/BENCHMARKS.md). It
+// runs only when RV_SYNC_BENCH=1 (it takes minutes):
+//
+//	RV_SYNC_BENCH=1 go test ./agent -run '^TestSyncBenchmark$' -v -timeout 30m
+//
+// RV_SYNC_BENCH_SIZES (default 10000,100000,1000000) picks the REST sizes.
+//
+// Each agent run is a fresh `tier3-agent run` process; its peak RSS is the
+// kernel's VmHWM for the process (/proc/PID/status), read once the task
+// has completed. The reference control plane and the targets run in the
+// test process, so agent and baseline share the 2 cores with them alike.
+func TestSyncBenchmark(t *testing.T) {
+	if os.Getenv("RV_SYNC_BENCH") != "1" {
+		t.Skip("set RV_SYNC_BENCH=1 to run the sync benchmark")
+	}
+	sizes := []int{10_000, 100_000, 1_000_000}
+	if s := os.Getenv("RV_SYNC_BENCH_SIZES"); s != "" {
+		sizes = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	var rows []string
+	row := func(format string, a ...any) {
+		rows = append(rows, fmt.Sprintf(format, a...))
+		t.Logf(format, a...)
+	}
+	row("| what | records | time | records/s | agent peak RSS (VmHWM) | vs direct | CPU time |")
+	row("|---|---|---|---|---|---|---|")
+	for _, n := range sizes {
+		benchREST(t, n, "json_url", 2_000, row)
+	}
+	benchREST(t, sizes[len(sizes)-1], "none", 0, row)
+	benchLDAP(t, 100_000, row)
+	fmt.Println(strings.Join(rows, "\n"))
+}
+
+// benchREST syncs n records from a paged source, directly and through the
+// agent.
+func benchREST(t *testing.T, n int, kind string, perPage int, row func(string, ...any)) {
+	t.Run(fmt.Sprintf("rest-%s-%d", kind, n), func(t *testing.T) {
+		src := &pagedSource{total: n, perPage: perPage, kind: kind, secretAt: -1}
+		e, tg := syncEnv(t, src)
+		desc := fmt.Sprintf("pages of %d, json_url", perPage)
+		if kind == "none" {
+			desc = "one page, a bare array"
+		}
+
+		// The baseline: the same pages read by a Go client over TLS, each
+		// record decoded (json.RawMessage), as the agent reads them.
+		direct := func() (time.Duration, int64) {
+			start := time.Now()
+			got, bytes := readPagesDirect(t, tg.URL, e.targetCA().Pool(), kind)
+			if got != n {
+				t.Fatalf("direct read: %d records, want %d", got, n)
+			}
+			return time.Since(start), bytes
+		}
+		direct() // warm the target's code paths and the connection pool
+		c0 := selfCPU()
+		dd, pageBytes := direct()
+		dcpu := selfCPU() - c0
+
+		e.start()
+		e.waitFor("registration", 30*time.Second, func() bool {
+			return strings.Contains(e.out.String(), `"msg":"registered"`)
+		})
+		env := bearerSync(tg, syncRequest(kind))
+		env["timeout_s"], env["lease_s"] = 3600, 3600
+		if c := os.Getenv("RV_SYNC_BENCH_CHUNK"); c != "" {
+			env["chunk_size"], _ = strconv.Atoi(c)
+		}
+		pid := e.cmd.Process.Pid
+		a0, s0 := procCPU(t, pid), selfCPU()
+		start := time.Now()
+		id := e.enqueue(env)
+		ti := e.syncBenchResult(id, 30*time.Minute)
+		ad := time.Since(start)
+		acpu, scpu := procCPU(t, pid)-a0, selfCPU()-s0
+		hwm := vmHWM(t, pid)
+		if ti.State != controlplane.TaskCompleted || ti.Records != int64(n) {
+			full, _ := e.cp.Admin.Task(context.Background(), id)
+			t.Fatalf("state %s, %d records: %+v", ti.State, ti.Records, full.Result)
+		}
+		e.stop()
+		row("| REST direct read (%s, %.0f MB of pages) | %d | %.2f s | %.0f | | | harness %.2f s |", desc, float64(pageBytes)/1e6, n, dd.Seconds(), float64(n)/dd.Seconds(), dcpu.Seconds())
+		row("| REST http.sync through the agent (%s, chunks of 500) | %d | %.2f s | %.0f | %.1f MiB | %.0f%% | agent %.2f s, harness %.2f s |", desc, n, ad.Seconds(), float64(n)/ad.Seconds(), float64(hwm)/(1<<20), 100*dd.Seconds()/ad.Seconds(), acpu.Seconds(), scpu.Seconds())
+	})
+}
+
+// syncBenchResult waits for a task to end, polling the task list (no
+// chunks) every 20 ms.
+func (e *env) syncBenchResult(id string, limit time.Duration) controlplane.TaskInfo {
+	e.t.Helper()
+	var found controlplane.TaskInfo
+	deadline := time.Now().Add(limit)
+	for {
+		tasks, err := e.cp.Admin.Tasks(context.Background())
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		for _, ti := range tasks {
+			if ti.TaskID == id && ti.State != controlplane.TaskQueued && ti.State != controlplane.TaskLeased {
+				return ti
+			}
+			if ti.TaskID == id {
+				found = ti
+			}
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("task %s still %s after %v", id, found.State, limit)
+		}
+		select {
+		case <-e.exited:
+			e.t.Fatalf("the agent exited:\n%s", e.out)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// procCPU returns the CPU time (user + system) a process has used.
+func procCPU(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the command name (which is in parentheses): utime and
+	// stime are the 12th and 13th, in clock ticks (100 a second on Linux).
+	rest := string(data[strings.LastIndexByte(string(data), ')')+2:])
+	f := strings.Fields(rest)
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// selfCPU returns the CPU time the test process has used.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// vmHWM returns a process's peak resident set size in bytes.
+func vmHWM(t *testing.T, pid int) int64 {
+	t.Helper()
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb * 1024
+		}
+	}
+	t.Fatal("no VmHWM in /proc/PID/status")
+	return 0
+}
+
+// readPagesDirect reads every page of a pagedSource the way the agent
+// does (HTTP/2 over TLS, streaming JSON, each record decoded on its own)
+// and returns the records and the bytes of the pages.
+func readPagesDirect(t *testing.T, base string, roots *x509.CertPool, kind string) (int, int64) {
+	t.Helper()
+	tr := &http.Transport{ForceAttemptHTTP2: true, TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
+	return readPagesWith(t, base, tr, kind)
+}
+
+func readPagesWith(t *testing.T, base string, tr *http.Transport, kind string) (int, int64) {
+	t.Helper()
+	client := &http.Client{Transport: tr}
+	defer tr.CloseIdleConnections()
+	u := base + "/records?page=0"
+	records := 0
+	var total int64
+	for u != "" {
+		resp, err := client.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cr := &countingReader{r: resp.Body}
+		dec := json.NewDecoder(bufio.NewReaderSize(cr, 64<<10))
+		next := ""
+		var rec json.RawMessage
+		readArray := func() {
+			if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
+				t.Fatalf("want an array: %v %v", tok, err)
+			}
+			for dec.More() {
+				rec = rec[:0]
+				if err := dec.Decode(&rec); err != nil {
+					t.Fatal(err)
+				}
+				records++
+			}
+			dec.Token()
+		}
+		if kind == "none" {
+			readArray()
+		} else {
+			dec.Token() // {
+			for dec.More() {
+				k, _ := dec.Token()
+				switch k {
+				case "records":
+					readArray()
+				case "nextRecordsUrl":
+					v, _ := dec.Token()
+					next, _ = v.(string)
+				default:
+					var skip json.RawMessage
+					dec.Decode(&skip)
+				}
+			}
+		}
+		io.Copy(io.Discard, cr)
+		resp.Body.Close()
+		total += cr.n
+		u = ""
+		if next != "" {
+			nu, err := url.Parse(base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref, _ := url.Parse(next)
+			u = nu.ResolveReference(ref).String()
+		}
+	}
+	return records, total
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// benchLDAP syncs the people of a directory of n users, with ldapsearch
+// and through the agent.
+func benchLDAP(t *testing.T, n int, row func(string, ...any)) {
+	t.Run(fmt.Sprintf("ldap-%d", n), func(t *testing.T) {
+		ldapsearch := testbin.Tool(t, "ldapsearch")
+		bindPW := e2eSecrets["basic_pw"]
+		e := newEnv(t, controlplane.Config{MaxTaskBytes: 1 << 30})
+		dir := slapdtest.Start(t, slapdtest.Options{Suffix: ldapSuffix, CA: e.targetCA(), LDIF: ldapDirectory(n, -1, bindPW, "ldap://127.0.0.1:9")})
+		base := "ou=people," + ldapSuffix
+		filter := "(objectClass=inetOrgPerson)"
+
+		search := func() time.Duration {
+			cmd := exec.Command(ldapsearch, "-LLL", "-H", dir.LDAPSURL, "-x", "-D", ldapBindDN, "-w", bindPW,
+				"-E", "pr=500/noprompt", "-b", base, "-s", "one", filter)
+			cmd.Env = append(os.Environ(), "LDAPTLS_CACERT="+dir.CAFile, "LDAPTLS_REQCERT=demand")
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			start := time.Now()
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			entries := 0
+			sc := bufio.NewScanner(out)
+			sc.Buffer(make([]byte, 1<<20), 1<<20)
+			for sc.Scan() {
+				if strings.HasPrefix(sc.Text(), "dn: ") {
+					entries++
+				}
+			}
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("ldapsearch: %v\n%s", err, stderr.String())
+			}
+			d := time.Since(start)
+			if entries != n {
+				t.Fatalf("ldapsearch: %d entries, want %d", entries, n)
+			}
+			return d
+		}
+		search() // warm slapd's caches
+		c0 := selfCPU()
+		sd := search()
+		scpu0 := selfCPU() - c0
+
+		e.vaultIn(ldapBindDN, "set", "dir", "bind_dn")
+		e.vaultIn(bindPW, "set", "dir", "bind_password")
+		e.vault("bind", "dir", dir.LDAPSURL)
+		if g := os.Getenv("RV_SYNC_BENCH_GOGC"); g != "" {
+			e.vars["GOGC"] = g
+		}
+		e.start()
+		e.waitFor("registration", 30*time.Second, func() bool {
+			return strings.Contains(e.out.String(), `"msg":"registered"`)
+		})
+		env := ldapEnvelope("dir", dir.LDAPSURL, map[string]any{"base_dn": base, "scope": "one", "filter": filter, "page_size": 500})
+		env["timeout_s"], env["lease_s"] = 3600, 3600
+		pid := e.cmd.Process.Pid
+		a0, s0 := procCPU(t, pid), selfCPU()
+		start := time.Now()
+		id := e.enqueue(env)
+		ti := e.syncBenchResult(id, 30*time.Minute)
+		ad := time.Since(start)
+		acpu, scpu := procCPU(t, pid)-a0, selfCPU()-s0
+		hwm := vmHWM(t, pid)
+		if ti.State != controlplane.TaskCompleted || ti.Records != int64(n) {
+			t.Fatalf("state %s, %d records", ti.State, ti.Records)
+		}
+		e.stop()
+		row("| LDAP `ldapsearch -E pr=500/noprompt` over ldaps, LDIF to a pipe | %d | %.2f s | %.0f | | | harness %.2f s |", n, sd.Seconds(), float64(n)/sd.Seconds(), scpu0.Seconds())
+		row("| LDAP ldap.search through the agent (page_size 500, chunks of 500) | %d | %.2f s | %.0f | %.1f MiB | %.0f%% | agent %.2f s, harness %.2f s |", n, ad.Seconds(), float64(n)/ad.Seconds(), float64(hwm)/(1<<20), 100*sd.Seconds()/ad.Seconds(), acpu.Seconds(), scpu.Seconds())
+	})
+}

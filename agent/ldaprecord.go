@@ -1,0 +1,210 @@
+package agent
+
+import (
+	"encoding/base64"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/go-ldap/ldap/v3"
+)
+
+// The encoding of one LDAP entry as a record of ldap.search: a pure
+// function of the entry, fuzzed by FuzzLDAPRecord.
+
+// passwordAttributes are attributes whose values are credentials: never
+// requested, never sent. Names are lowercase, without options. Any
+// attribute whose name contains "password" is one too (passwordAttribute).
+var passwordAttributes = map[string]bool{
+	"userpassword":            true, // RFC 4519
+	"2.5.4.35":                true, // userPassword's OID
+	"authpassword":            true, // RFC 3112
+	"1.3.6.1.4.1.4203.1.3.4":  true, // authPassword's OID
+	"unicodepwd":              true, // Active Directory
+	"1.2.840.113556.1.4.90":   true, // unicodePwd's OID
+	"dbcspwd":                 true, // Active Directory (LM hash)
+	"ntpwdhistory":            true,
+	"lmpwdhistory":            true,
+	"supplementalcredentials": true,
+	"ms-mcs-admpwd":           true, // legacy LAPS: a local admin password in clear
+	"sambantpassword":         true,
+	"sambalmpassword":         true,
+	"krbprincipalkey":         true, // MIT Kerberos / FreeIPA keys
+	"userpkcs12":              true, // a private key
+}
+
+// passwordAttribute reports whether the attribute description names a
+// password attribute (options such as ";binary" are ignored, names
+// compare case-insensitively).
+func passwordAttribute(desc string) bool {
+	name, _, _ := strings.Cut(desc, ";")
+	name = strings.ToLower(strings.TrimSpace(name))
+	return passwordAttributes[name] || strings.Contains(name, "password")
+}
+
+// binaryAttributes always go base64 under "binary_attributes", whatever
+// their bytes: a GUID or a photo is sometimes valid UTF-8 by chance, and a
+// reader should find an attribute in one place, entry after entry.
+var binaryAttributes = map[string]bool{
+	"objectguid": true, "objectsid": true, "sidhistory": true, "tokengroups": true,
+	"jpegphoto": true, "thumbnailphoto": true, "photo": true, "audio": true,
+	"usercertificate": true, "cacertificate": true, "usersmimecertificate": true,
+	"certificaterevocationlist": true, "authorityrevocationlist": true, "crosscertificatepair": true,
+	"ms-ds-consistencyguid": true, "msexchmailboxguid": true,
+}
+
+func binaryAttribute(desc string) bool {
+	name, opts, _ := strings.Cut(desc, ";")
+	if strings.Contains(";"+strings.ToLower(opts)+";", ";binary;") {
+		return true
+	}
+	return binaryAttributes[strings.ToLower(name)]
+}
+
+// encodeLDAPRecord appends the record of one entry to dst:
+//
+//	{"dn": "…", "attributes": {"cn": ["…"]}, "binary_attributes": {"jpegPhoto": ["<base64>"]}}
+//
+// Attributes keep the directory's order and the first spelling of their
+// name; names that differ only in case (or that are not UTF-8 and read the
+// same once made valid) are one attribute, so the record has no duplicate
+// key. "binary_attributes" is there only when some value is binary. A DN
+// that is not UTF-8 is sent with its invalid bytes replaced, and as
+// "dn_base64" too. Password attributes are left out.
+func encodeLDAPRecord(dst []byte, dn string, attrs []*ldap.EntryAttribute) []byte {
+	type group struct {
+		name         string
+		text, binary [][]byte
+	}
+	var groups []group
+	index := map[string]int{}
+	for _, a := range attrs {
+		if a == nil || passwordAttribute(a.Name) {
+			continue
+		}
+		name := strings.ToValidUTF8(a.Name, "\uFFFD")
+		key := strings.ToLower(name)
+		i, ok := index[key]
+		if !ok {
+			i = len(groups)
+			index[key] = i
+			groups = append(groups, group{name: name})
+		}
+		g := &groups[i]
+		bin := binaryAttribute(a.Name)
+		for _, v := range a.ByteValues {
+			if bin || !utf8.Valid(v) {
+				g.binary = append(g.binary, v)
+			} else {
+				g.text = append(g.text, v)
+			}
+		}
+	}
+
+	dst = append(dst, `{"dn":`...)
+	dst = appendJSONString(dst, dn)
+	if !utf8.ValidString(dn) {
+		dst = append(dst, `,"dn_base64":"`...)
+		dst = base64.StdEncoding.AppendEncode(dst, []byte(dn))
+		dst = append(dst, '"')
+	}
+	dst = append(dst, `,"attributes":{`...)
+	first := true
+	anyBinary := false
+	for _, g := range groups {
+		anyBinary = anyBinary || len(g.binary) > 0
+		if len(g.text) == 0 && len(g.binary) > 0 {
+			continue
+		}
+		if !first {
+			dst = append(dst, ',')
+		}
+		first = false
+		dst = appendJSONString(dst, g.name)
+		dst = append(dst, ":["...)
+		for j, v := range g.text {
+			if j > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendJSONString(dst, string(v))
+		}
+		dst = append(dst, ']')
+	}
+	dst = append(dst, '}')
+	if anyBinary {
+		dst = append(dst, `,"binary_attributes":{`...)
+		first = true
+		for _, g := range groups {
+			if len(g.binary) == 0 {
+				continue
+			}
+			if !first {
+				dst = append(dst, ',')
+			}
+			first = false
+			dst = appendJSONString(dst, g.name)
+			dst = append(dst, ":["...)
+			for j, v := range g.binary {
+				if j > 0 {
+					dst = append(dst, ',')
+				}
+				dst = append(dst, '"')
+				dst = base64.StdEncoding.AppendEncode(dst, v)
+				dst = append(dst, '"')
+			}
+			dst = append(dst, ']')
+		}
+		dst = append(dst, '}')
+	}
+	return append(dst, '}')
+}
+
+// appendJSONString appends s as a JSON string the way encoding/json
+// marshals it: invalid UTF-8 becomes U+FFFD; <, >, &, U+2028 and U+2029
+// are escaped.
+func appendJSONString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		if b := s[i]; b < utf8.RuneSelf {
+			if b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' && b != '&' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch b {
+			case '\\', '"':
+				dst = append(dst, '\\', b)
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hex[b>>4], hex[b&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hex[r&0xF])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}
