@@ -245,6 +245,11 @@ func isTLSError(err error) bool {
 		return true
 	}
 	s := err.Error()
+	// net/http turns a plain-HTTP answer to a TLS hello into this error:
+	// the peer cannot speak TLS, which retrying will not change.
+	if strings.Contains(s, "server gave HTTP response to HTTPS client") {
+		return true
+	}
 	return strings.Contains(s, "tls: ") && !strings.Contains(s, "timeout")
 }
 

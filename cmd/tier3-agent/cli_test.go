@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -301,14 +303,25 @@ func TestMigration(t *testing.T) {
 	plain := `{"salesforce-prod": {"client_id": "3MVG9", "client_secret": "` + secrets[0] + `", "refresh_token": "` + secrets[1] + `"},
  "ldap-corp": {"bind_dn": "cn=svc-rapidvalue,ou=service,dc=corp,dc=local", "bind_password": "` + secrets[2] + `"}}`
 	os.WriteFile(vp, []byte(plain), 0o600)
+	// A control plane that speaks plain HTTP on its port: the agent gets
+	// past the vault, then fails TLS at once (exit 78) instead of retrying.
+	notTLS := httptest.NewServer(http.NotFoundHandler())
+	defer notTLS.Close()
+	h.vars["RV_CONTROL_PLANE_URL"] = strings.Replace(notTLS.URL, "http://", "https://", 1)
+	h.vars["RV_AGENT_TOKEN"] = "test-token-0123456789"
+	h.vars["RV_AGENT_UPDATE_KEY"] = strings.Repeat("k", 32)
+	h.vars["RV_AGENT_SELF_UPDATE"] = "0"
 	r := h.fails(78, "tier3-agent vault seal", "", "run")
 	if !strings.Contains(r.stderr, "RV_AGENT_VAULT_MODE=migrate") {
 		t.Errorf("the refusal does not name migration mode: %s", r.stderr)
 	}
 	h.vars["RV_AGENT_VAULT_MODE"] = "migrate"
 	r = h.run("", "run")
-	if r.code == 78 || !strings.Contains(r.stderr, "plaintext vault") {
+	if !strings.Contains(r.stderr, "warning: running on the plaintext vault") || strings.Contains(r.stderr, "seal it with tier3-agent vault seal (or set") {
 		t.Fatalf("migration mode did not accept the plaintext vault: %d %s", r.code, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "TLS") {
+		t.Fatalf("migration mode did not go on to the control plane: %s", r.stderr)
 	}
 	delete(h.vars, "RV_AGENT_VAULT_MODE")
 	// list and status describe a plaintext vault; set refuses to write one.

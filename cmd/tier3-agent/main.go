@@ -75,6 +75,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(s
 	if err == nil {
 		return 0
 	}
+	var es *exitStatus
+	if errors.As(err, &es) {
+		return es.code // the supervisor passes on its worker's exit (supervise.go)
+	}
 	fmt.Fprintf(stderr, "tier3-agent: error: %s\n", oneLine(err.Error()))
 	var h *hinted
 	if errors.As(err, &h) {

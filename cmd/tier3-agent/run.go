@@ -30,6 +30,7 @@ var errAgentFatal = errors.New("agent stopped")
 
 func (c *cli) runAgent(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	worker := fs.Bool("worker", false, "run as the supervisor's worker (supervise.go)")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
@@ -43,6 +44,9 @@ func (c *cli) runAgent(args []string) error {
 	}
 	if err := harden.Process(); err != nil {
 		return fmt.Errorf("%w: %w", errHarden, err)
+	}
+	if supervised, err := c.supervise(cfg, *worker); supervised {
+		return err
 	}
 	pass := &passphrase{file: cfg.Vault.PassphraseFile}
 	defer pass.destroy()
@@ -77,7 +81,11 @@ func (c *cli) runAgent(args []string) error {
 	if err != nil {
 		return err
 	}
-	_ = updateKey // self-update (issue 6) takes it
+	selfUpdate, err := c.newSelfUpdate(cfg, updateKey, *worker)
+	if err != nil {
+		return err
+	}
+	defer selfUpdate.close()
 	sum, err := selfSHA256()
 	if err != nil {
 		return err
@@ -109,12 +117,14 @@ func (c *cli) runAgent(args []string) error {
 		},
 		LogWriter: c.stderr,
 		AuditLog:  auditLog,
+		Updater:   selfUpdate.checker,
 	})
 	if err != nil {
 		return err
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
+	selfUpdate.attach(a, stop)
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
 	defer signal.Stop(sigs)
