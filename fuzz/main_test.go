@@ -157,3 +157,16 @@ func TestTailBuffer(t *testing.T) {
 		t.Errorf("String() = %q, want %q", got, "abc")
 	}
 }
+
+func TestDeadlineFlake(t *testing.T) {
+	flake := "fuzz: elapsed: 10s, execs: 1144083 (76862/sec), new interesting: 0 (total: 37)\n--- FAIL: FuzzVerify (10.43s)\n    context deadline exceeded\nFAIL\n"
+	r := result{status: "FAIL", out: flake, fuzzOutput: parseOutput(flake)}
+	if !r.deadlineFlake() {
+		t.Fatal("the go.dev/issue/75804 output is not recognized")
+	}
+	crash := flake + "    Failing input written to testdata/fuzz/FuzzVerify/abc\n"
+	r = result{status: "FAIL", out: crash, fuzzOutput: parseOutput(crash)}
+	if r.deadlineFlake() {
+		t.Fatal("a run that wrote a reproducer was taken for the deadline race")
+	}
+}
