@@ -12,14 +12,17 @@ import (
 
 // TestImports holds the trust boundary: the control plane and its command
 // link nothing of the module but internal/wire and internal/devca (so never
-// vault, seal or agent), and those two link only the standard library.
+// vault, seal or agent; the command also embeds the installer, install), and
+// those link only the standard library.
 func TestImports(t *testing.T) {
 	const module = "github.com/rapidvalue/tier3-agent/"
 	allowed := map[string][]string{
 		"internal/wire":        {},
 		"internal/devca":       {"internal/wire"},
 		"controlplane":         {"internal/wire", "internal/devca"},
-		"cmd/rv-control-plane": {"controlplane", "internal/wire", "internal/devca"},
+		"cmd/rv-control-plane": {"controlplane", "internal/wire", "internal/devca", "install"},
+		// The embedded installer script and unit: standard library only.
+		"install": {},
 	}
 	for dir, ok := range allowed {
 		files, err := filepath.Glob(filepath.Join("..", dir, "*.go"))

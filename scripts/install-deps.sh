@@ -25,9 +25,12 @@ declare -A pkg_for=(
 	[secret-tool]=libsecret-tools
 	[slapd]=slapd
 	[ldapsearch]=ldap-utils
+	[curl]=curl
+	[shellcheck]=shellcheck
+	[systemd-analyze]=systemd
 )
 # Fixed order, so the output and the apt-get command line are stable.
-bins=(swtpm swtpm_setup tpm2_getcap gnome-keyring-daemon dbus-run-session dbus-send secret-tool slapd ldapsearch)
+bins=(swtpm swtpm_setup tpm2_getcap gnome-keyring-daemon dbus-run-session dbus-send secret-tool slapd ldapsearch curl shellcheck systemd-analyze)
 
 say() { printf 'install-deps: %s\n' "$*" >&2; }
 

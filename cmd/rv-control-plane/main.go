@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/rapidvalue/tier3-agent/controlplane"
+	"github.com/rapidvalue/tier3-agent/install"
 	"github.com/rapidvalue/tier3-agent/internal/devca"
 	"github.com/rapidvalue/tier3-agent/internal/wire"
 )
@@ -83,7 +84,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fl.StringVar(&o.devCA, "dev-ca", "", "make (or reuse) a development CA in `DIR` and a server certificate from it, instead of -tls-cert/-tls-key")
 	fl.StringVar(&o.adminTokenFile, "admin-token-file", "", "file holding the admin API's bearer token; created (0600) when missing (default with -dev-ca: DIR/admin-token)")
 	fl.StringVar(&o.publicURL, "public-url", "", "the URL agents use (default https:// and -listen)")
-	fl.StringVar(&o.installScript, "install-script", "", "`FILE` served at /agent/install ({{RV_CONTROL_PLANE_URL}} is replaced)")
+	fl.StringVar(&o.installScript, "install-script", "", "`FILE` served at /agent/install instead of the built-in installer (install/install.sh; {{RV_CONTROL_PLANE_URL}} is replaced)")
 	fl.StringVar(&o.releasePubKey, "release-pubkey", "", "Ed25519 release public key (base64); uploaded signatures must verify with it")
 	fl.BoolVar(&o.trustForwarded, "trust-forwarded-fingerprint", false, "take the client certificate fingerprint from X-Client-Cert-Fingerprint (behind a TLS-terminating load balancer)")
 	fl.DurationVar(&o.heartbeatInterval, "heartbeat-interval", 0, "heartbeat interval sent to agents at registration (0: none sent)")
@@ -176,6 +177,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		PollWait:                  o.poll,
 		DefaultLease:              o.defaultLease,
 		PublicURL:                 strings.TrimSuffix(o.publicURL, "/"),
+		InstallScript:             install.Script,
 	}
 	if o.installScript != "" {
 		b, err := os.ReadFile(o.installScript)

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/rapidvalue/tier3-agent/controlplane"
+	"github.com/rapidvalue/tier3-agent/install"
 	"github.com/rapidvalue/tier3-agent/internal/devca"
 )
 
@@ -40,6 +41,9 @@ func New(agentBin string, cfg controlplane.Config) (*Bed, error) {
 	dir, err := os.MkdirTemp("", "tier3-loopback-")
 	if err != nil {
 		return nil, err
+	}
+	if cfg.InstallScript == "" {
+		cfg.InstallScript = install.Script // GET /agent/install serves the real installer
 	}
 	cp, err := controlplane.Start(cfg)
 	if err != nil {
