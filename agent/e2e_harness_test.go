@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/rapidvalue/tier3-agent/internal/syncbuf"
 	"log/slog"
 	"maps"
 	"net"
@@ -51,7 +52,7 @@ type env struct {
 	token controlplane.CreateTokenResponse
 	// cmd, out and exited are the agent process started last (start).
 	cmd    *exec.Cmd
-	out    *lockedBuffer
+	out    *syncbuf.Buffer
 	exited chan struct{}
 	p      *proc
 	// tca is the CA of the test's targets, trusted through
@@ -66,7 +67,7 @@ type env struct {
 // beyond e2eSecrets.
 type seen struct {
 	mu      sync.Mutex
-	outs    []*lockedBuffer
+	outs    []*syncbuf.Buffer
 	secrets []string
 }
 
@@ -81,26 +82,9 @@ func (e *env) sub(t *testing.T) *env {
 // proc is one `tier3-agent run` process.
 type proc struct {
 	cmd    *exec.Cmd
-	out    *lockedBuffer
+	out    *syncbuf.Buffer
 	exited chan struct{}
 	code   int // valid once exited is closed
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func newEnv(t *testing.T, cpCfg controlplane.Config) *env {
@@ -180,8 +164,8 @@ func (e *env) addSecret(s string) {
 	e.seen.mu.Unlock()
 }
 
-func (e *env) newOutput() *lockedBuffer {
-	out := &lockedBuffer{}
+func (e *env) newOutput() *syncbuf.Buffer {
+	out := &syncbuf.Buffer{}
 	e.seen.mu.Lock()
 	e.seen.outs = append(e.seen.outs, out)
 	e.seen.mu.Unlock()

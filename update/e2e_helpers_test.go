@@ -3,7 +3,6 @@
 package update_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,6 +10,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/rapidvalue/tier3-agent/internal/syncbuf"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -216,33 +216,16 @@ func (b *bed) installedVersion() string {
 // worker is in it too).
 type proc struct {
 	cmd    *exec.Cmd
-	out    *lockedBuffer
+	out    *syncbuf.Buffer
 	exited chan struct{}
 	code   int
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // start starts `tier3-agent run` from the install path: a plain background
 // process, no service manager.
 func (b *bed) start(extraEnv ...string) *proc {
 	b.t.Helper()
-	p := &proc{out: &lockedBuffer{}, exited: make(chan struct{})}
+	p := &proc{out: &syncbuf.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(b.bin, "run")
 	p.cmd.Env = b.environ(extraEnv...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out

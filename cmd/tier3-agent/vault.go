@@ -163,15 +163,22 @@ func (vc *vaultCmd) say(format string, a ...any) {
 	fmt.Fprintf(vc.stderr, "tier3-agent: "+format+"\n", a...)
 }
 
-func (vc *vaultCmd) init(pos []string) error {
+// sealTarget reads what init, seal and rekey share: no positional
+// arguments, the seal kind, and the options to open the vault with.
+func (vc *vaultCmd) sealTarget(pos []string, allowPlaintext bool) (seal.Kind, hostvault.Options, error) {
 	if err := wantArgs(vc.name, pos, 0, 0); err != nil {
-		return err
+		return "", hostvault.Options{}, err
 	}
 	kind, err := vc.kind()
 	if err != nil {
-		return err
+		return "", hostvault.Options{}, err
 	}
-	opts, err := vc.opts(false)
+	opts, err := vc.opts(allowPlaintext)
+	return kind, opts, err
+}
+
+func (vc *vaultCmd) init(pos []string) error {
+	kind, opts, err := vc.sealTarget(pos, false)
 	if err != nil {
 		return err
 	}
@@ -466,14 +473,7 @@ func (vc *vaultCmd) status(pos []string) error {
 }
 
 func (vc *vaultCmd) seal(pos []string) error {
-	if err := wantArgs(vc.name, pos, 0, 0); err != nil {
-		return err
-	}
-	kind, err := vc.kind()
-	if err != nil {
-		return err
-	}
-	opts, err := vc.opts(true)
+	kind, opts, err := vc.sealTarget(pos, true)
 	if err != nil {
 		return err
 	}
@@ -512,14 +512,7 @@ func (vc *vaultCmd) unseal(pos []string) error {
 }
 
 func (vc *vaultCmd) rekey(pos []string) error {
-	if err := wantArgs(vc.name, pos, 0, 0); err != nil {
-		return err
-	}
-	kind, err := vc.kind()
-	if err != nil {
-		return err
-	}
-	opts, err := vc.opts(false)
+	kind, opts, err := vc.sealTarget(pos, false)
 	if err != nil {
 		return err
 	}

@@ -5,18 +5,17 @@
 package loopback
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/rapidvalue/tier3-agent/internal/syncbuf"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -104,7 +103,7 @@ type Agent struct {
 	Cmd    *exec.Cmd
 	Exited chan struct{}
 	Err    error // set when Exited is closed
-	logs   lockedBuffer
+	logs   syncbuf.Buffer
 }
 
 // Logs returns what the agent printed so far.
@@ -215,21 +214,4 @@ func (b *Bed) TrustTarget(t *Target) error {
 	}
 	b.Setenv("RV_AGENT_TARGET_CA", p)
 	return nil
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -15,11 +15,11 @@ package slapdtest
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/rapidvalue/tier3-agent/internal/syncbuf"
 	"io"
 	"net"
 	"os"
@@ -27,7 +27,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -69,7 +68,7 @@ type Server struct {
 	Dir string
 
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *syncbuf.Buffer
 	done chan struct{}
 }
 
@@ -221,7 +220,7 @@ func (s *Server) start(slapd, conf string) error {
 		return err
 	}
 	s.cmd.Stdout = nil
-	s.out = &lockedBuffer{}
+	s.out = &syncbuf.Buffer{}
 	s.done = make(chan struct{})
 	if err := s.cmd.Start(); err != nil {
 		return fmt.Errorf("cannot start slapd: %w", err)
@@ -322,21 +321,4 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
