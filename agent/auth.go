@@ -56,7 +56,7 @@ func (t *taskRun) authorize(ctx context.Context, req *http.Request) error {
 			return err
 		}
 		defer tok.Destroy()
-		req.Header.Set("Authorization", "Bearer "+string(tok.Bytes()))
+		eraseAfter(func() { req.Header.Set("Authorization", "Bearer "+string(tok.Bytes())) })
 		return nil
 	}
 	return invalid("auth scheme %s does not apply to HTTP", t.env.Auth.Scheme)
@@ -68,7 +68,7 @@ func (t *taskRun) withSecret(field string, f func([]byte)) error {
 		return err
 	}
 	defer b.Destroy()
-	f(b.Bytes())
+	eraseAfter(func() { f(b.Bytes()) })
 	return nil
 }
 
@@ -141,7 +141,7 @@ func (t *taskRun) fetchToken(ctx context.Context) (*memguard.LockedBuffer, time.
 		if err != nil {
 			return nil, 0, err
 		}
-		form.Set(f, string(b.Bytes()))
+		eraseAfter(func() { form.Set(f, string(b.Bytes())) })
 		b.Destroy()
 	}
 	if t.env.Auth.Scheme == wire.SchemeOAuth2ClientCredentials {
@@ -153,7 +153,9 @@ func (t *taskRun) fetchToken(ctx context.Context) (*memguard.LockedBuffer, time.
 		form.Set("scope", t.env.Auth.Scope)
 	}
 	origin, _ := httpsOrigin(t.env.Auth.TokenURL, false)
-	req, err := http.NewRequestWithContext(ctx, "POST", t.env.Auth.TokenURL, strings.NewReader(form.Encode()))
+	var body string
+	eraseAfter(func() { body = form.Encode() })
+	req, err := http.NewRequestWithContext(ctx, "POST", t.env.Auth.TokenURL, strings.NewReader(body))
 	if err != nil {
 		return nil, 0, invalid("auth.token_url: %v", err)
 	}

@@ -163,7 +163,7 @@ func (c *client) do(ctx context.Context, method, path string, in, out any) (int,
 	if err != nil {
 		return 0, err
 	}
-	req.Header.Set("Authorization", "Bearer "+string(tok.Bytes()))
+	eraseAfter(func() { req.Header.Set("Authorization", "Bearer "+string(tok.Bytes())) })
 	tok.Destroy()
 
 	resp, err := c.http.Do(req)
@@ -277,7 +277,7 @@ func (c *client) stream(ctx context.Context, rawURL string, limit int64) (int, i
 	if err != nil {
 		return 0, nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+string(tok.Bytes()))
+	eraseAfter(func() { req.Header.Set("Authorization", "Bearer "+string(tok.Bytes())) })
 	tok.Destroy()
 	resp, err := c.http.Do(req)
 	if err != nil {

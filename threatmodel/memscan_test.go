@@ -61,11 +61,22 @@ func scanMemory(t *testing.T, pid int, needles map[string][]byte) map[string]int
 // reports the number of copies. The goal is none at idle; the figure is in
 // SECURITY.md. The test fails if a vault value that no task used is ever
 // found, or if the count grows with the number of tasks.
+//
+// It measures two builds: the release build, and one with Go 1.26's
+// experimental runtime/secret (GOEXPERIMENT=runtimesecret), which erases
+// the credential strings net/http needs once they are unreachable.
 func TestMemoryHygiene(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("reading another process's memory needs root")
 	}
-	bed, err := loopback.New(testbin.Agent(t), controlplane.Config{MaxEvents: 100_000})
+	t.Run("release", func(t *testing.T) { memoryHygiene(t, testbin.Agent(t)) })
+	t.Run("runtimesecret", func(t *testing.T) {
+		memoryHygiene(t, testbin.AgentWith(t, "GOEXPERIMENT=runtimesecret"))
+	})
+}
+
+func memoryHygiene(t *testing.T, bin string) {
+	bed, err := loopback.New(bin, controlplane.Config{MaxEvents: 100_000})
 	if err != nil {
 		t.Fatal(err)
 	}

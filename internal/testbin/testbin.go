@@ -4,19 +4,20 @@
 package testbin
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 )
 
 var (
-	once    sync.Once
-	binPath string
-	binErr  error
-	dir     string
+	mu     sync.Mutex
+	builds = map[string]string{} // environment → binary
+	dir    string
 )
 
 // Root is the module root.
@@ -26,31 +27,36 @@ func Root() string {
 }
 
 // Agent returns the path of a freshly built tier3-agent binary.
-func Agent(t testing.TB) string {
+func Agent(t testing.TB) string { return AgentWith(t) }
+
+// AgentWith builds tier3-agent with extra environment for go build (say
+// GOEXPERIMENT=runtimesecret), once per test process and environment.
+func AgentWith(t testing.TB, env ...string) string {
 	t.Helper()
-	once.Do(func() {
-		dir, binErr = os.MkdirTemp("", "tier3-agent-bin-")
-		if binErr != nil {
-			return
-		}
-		os.Chmod(dir, 0o755)
-		binPath = filepath.Join(dir, "tier3-agent")
-		cmd := exec.Command("go", "build", "-trimpath", "-o", binPath, "./cmd/tier3-agent")
-		cmd.Dir = Root()
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			binErr = &buildError{string(out)}
-		}
-	})
-	if binErr != nil {
-		t.Fatalf("building tier3-agent: %v", binErr)
+	mu.Lock()
+	defer mu.Unlock()
+	key := strings.Join(env, " ")
+	if p, ok := builds[key]; ok {
+		return p
 	}
-	return binPath
+	if dir == "" {
+		d, err := os.MkdirTemp("", "tier3-agent-bin-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(d, 0o755)
+		dir = d
+	}
+	p := filepath.Join(dir, fmt.Sprintf("tier3-agent-%d", len(builds)))
+	cmd := exec.Command("go", "build", "-trimpath", "-o", p, "./cmd/tier3-agent")
+	cmd.Dir = Root()
+	cmd.Env = append(append(os.Environ(), "CGO_ENABLED=0"), env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building tier3-agent %s: %v\n%s", key, err, out)
+	}
+	builds[key] = p
+	return p
 }
-
-type buildError struct{ out string }
-
-func (e *buildError) Error() string { return e.out }
 
 // Tool finds an external tool on PATH or in the repo's .tools/bin. When it
 // is missing the test is skipped, except in CI (CI=true), where the test
