@@ -144,15 +144,9 @@ func (httpRequest) run(ctx context.Context, t *taskRun) (*outcome, error) {
 	if len(p.spec.Body) > 0 && req.Header.Get("Content-Type") == "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if err := t.authorize(ctx, req); err != nil {
-		return nil, err
-	}
-	resp, err := t.a.targets.client(p.origin).Do(req)
+	resp, err := t.send(ctx, req, p.origin)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, classifyTargetError(err)
+		return nil, err
 	}
 	defer resp.Body.Close()
 	max := t.a.targets.maxBody

@@ -154,15 +154,9 @@ func (p *parsedHTTPSync) readPage(ctx context.Context, t *taskRun, rs *recordStr
 		return nil, fail(wire.ErrInternal, "page %d: cannot build the request", page)
 	}
 	req.Header.Set("Accept", "application/json")
-	if err := t.authorize(ctx, req); err != nil {
-		return nil, err
-	}
-	resp, err := t.a.targets.client(p.origin).Do(req)
+	resp, err := t.send(ctx, req, p.origin)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, classifyTargetError(err)
+		return nil, err
 	}
 	defer resp.Body.Close()
 	switch code := resp.StatusCode; {

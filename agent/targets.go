@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -107,4 +108,20 @@ func scrubURLError(err error) error {
 		return ue.Err
 	}
 	return err
+}
+
+// send authorizes req with the task's credentials and sends it to origin
+// (redirects within it only), turning transport failures into task errors.
+func (t *taskRun) send(ctx context.Context, req *http.Request, origin vault.Origin) (*http.Response, error) {
+	if err := t.authorize(ctx, req); err != nil {
+		return nil, err
+	}
+	resp, err := t.a.targets.client(origin).Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, classifyTargetError(err)
+	}
+	return resp, nil
 }

@@ -13,7 +13,6 @@ import (
 
 	"github.com/awnumar/memguard"
 
-	"github.com/rapidvalue/tier3-agent/internal/hostvault"
 	"github.com/rapidvalue/tier3-agent/internal/secmem"
 	"github.com/rapidvalue/tier3-agent/vault"
 )
@@ -38,19 +37,11 @@ func (vc *vaultCmd) edit(pos []string) error {
 	if err != nil {
 		return &hinted{err, "vault set, unset and bind change the vault without an editor"}
 	}
-	opts, err := vc.opts(false)
-	if err != nil {
-		return err
-	}
-	unlock, err := vault.Lock(opts.Path)
+	h, unlock, err := vc.openLocked()
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	h, err := hostvault.Open(opts)
-	if err != nil {
-		return err
-	}
 	pt, n, err := h.Vault.Marshal()
 	if err != nil {
 		return err
@@ -96,7 +87,7 @@ func (vc *vaultCmd) edit(pos []string) error {
 	if err := h.Save(); err != nil {
 		return err
 	}
-	vc.say("saved and re-sealed %s", opts.Path)
+	vc.say("saved and re-sealed %s", vc.cfg.Path)
 	return nil
 }
 

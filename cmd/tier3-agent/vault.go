@@ -197,21 +197,32 @@ func (vc *vaultCmd) warnNoRecovery(sf *seal.File) {
 	}
 }
 
-// modify opens the vault under the lock, applies f, and saves it.
-func (vc *vaultCmd) modify(f func(v *vault.Vault) error) error {
+// openLocked takes the vault's lock and opens it for a change; the caller
+// saves and unlocks.
+func (vc *vaultCmd) openLocked() (*hostvault.Handle, func(), error) {
 	opts, err := vc.opts(false)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	unlock, err := vault.Lock(opts.Path)
+	if err != nil {
+		return nil, nil, err
+	}
+	h, err := hostvault.Open(opts)
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return h, unlock, nil
+}
+
+// modify opens the vault under the lock, applies f, and saves it.
+func (vc *vaultCmd) modify(f func(v *vault.Vault) error) error {
+	h, unlock, err := vc.openLocked()
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	h, err := hostvault.Open(opts)
-	if err != nil {
-		return err
-	}
 	if err := f(h.Vault); err != nil {
 		return err
 	}
