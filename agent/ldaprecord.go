@@ -71,11 +71,7 @@ func binaryAttribute(desc string) bool {
 // that is not UTF-8 is sent with its invalid bytes replaced, and as
 // "dn_base64" too. Password attributes are left out.
 func encodeLDAPRecord(dst []byte, dn string, attrs []*ldap.EntryAttribute) []byte {
-	type group struct {
-		name         string
-		text, binary [][]byte
-	}
-	var groups []group
+	var groups []attrGroup
 	index := map[string]int{}
 	for _, a := range attrs {
 		if a == nil || passwordAttribute(a.Name) {
@@ -87,7 +83,7 @@ func encodeLDAPRecord(dst []byte, dn string, attrs []*ldap.EntryAttribute) []byt
 		if !ok {
 			i = len(groups)
 			index[key] = i
-			groups = append(groups, group{name: name})
+			groups = append(groups, attrGroup{name: name})
 		}
 		g := &groups[i]
 		bin := binaryAttribute(a.Name)
@@ -108,11 +104,45 @@ func encodeLDAPRecord(dst []byte, dn string, attrs []*ldap.EntryAttribute) []byt
 		dst = append(dst, '"')
 	}
 	dst = append(dst, `,"attributes":{`...)
-	first := true
 	anyBinary := false
 	for _, g := range groups {
 		anyBinary = anyBinary || len(g.binary) > 0
-		if len(g.text) == 0 && len(g.binary) > 0 {
+	}
+	// An attribute with no value at all is listed with an empty array; one
+	// whose values are all binary appears only under binary_attributes.
+	dst = appendGroups(dst, groups, func(g attrGroup) ([][]byte, bool) {
+		return g.text, len(g.text) > 0 || len(g.binary) == 0
+	}, func(dst, v []byte) []byte {
+		return appendJSONString(dst, string(v))
+	})
+	dst = append(dst, '}')
+	if anyBinary {
+		dst = append(dst, `,"binary_attributes":{`...)
+		dst = appendGroups(dst, groups, func(g attrGroup) ([][]byte, bool) {
+			return g.binary, len(g.binary) > 0
+		}, func(dst, v []byte) []byte {
+			dst = append(dst, '"')
+			dst = base64.StdEncoding.AppendEncode(dst, v)
+			return append(dst, '"')
+		})
+		dst = append(dst, '}')
+	}
+	return append(dst, '}')
+}
+
+// attrGroup is one attribute's values, split by kind.
+type attrGroup struct {
+	name         string
+	text, binary [][]byte
+}
+
+// appendGroups appends `"name":[v,…]` for each group that values includes,
+// comma-separated, each value written by enc.
+func appendGroups(dst []byte, groups []attrGroup, values func(attrGroup) ([][]byte, bool), enc func(dst, v []byte) []byte) []byte {
+	first := true
+	for _, g := range groups {
+		vs, include := values(g)
+		if !include {
 			continue
 		}
 		if !first {
@@ -121,41 +151,15 @@ func encodeLDAPRecord(dst []byte, dn string, attrs []*ldap.EntryAttribute) []byt
 		first = false
 		dst = appendJSONString(dst, g.name)
 		dst = append(dst, ":["...)
-		for j, v := range g.text {
+		for j, v := range vs {
 			if j > 0 {
 				dst = append(dst, ',')
 			}
-			dst = appendJSONString(dst, string(v))
+			dst = enc(dst, v)
 		}
 		dst = append(dst, ']')
 	}
-	dst = append(dst, '}')
-	if anyBinary {
-		dst = append(dst, `,"binary_attributes":{`...)
-		first = true
-		for _, g := range groups {
-			if len(g.binary) == 0 {
-				continue
-			}
-			if !first {
-				dst = append(dst, ',')
-			}
-			first = false
-			dst = appendJSONString(dst, g.name)
-			dst = append(dst, ":["...)
-			for j, v := range g.binary {
-				if j > 0 {
-					dst = append(dst, ',')
-				}
-				dst = append(dst, '"')
-				dst = base64.StdEncoding.AppendEncode(dst, v)
-				dst = append(dst, '"')
-			}
-			dst = append(dst, ']')
-		}
-		dst = append(dst, '}')
-	}
-	return append(dst, '}')
+	return dst
 }
 
 // appendJSONString appends s as a JSON string the way encoding/json

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/rapidvalue/tier3-agent/internal/childproc"
 	"github.com/rapidvalue/tier3-agent/internal/syncbuf"
 	"net"
 	"net/http"
@@ -16,7 +17,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/rapidvalue/tier3-agent/controlplane"
@@ -123,15 +123,10 @@ func (b *Bed) Start() (*Agent, error) {
 
 // Stop sends SIGTERM and waits up to limit for the exit.
 func (a *Agent) Stop(limit time.Duration) error {
-	a.Cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.Exited:
-		return a.Err
-	case <-time.After(limit):
-		a.Cmd.Process.Kill()
-		<-a.Exited
+	if !childproc.Stop(a.Cmd.Process, a.Exited, limit) {
 		return errors.New("the agent did not stop in time")
 	}
+	return a.Err
 }
 
 // WaitFor polls cond until it holds, the agent exits, or limit passes. The

@@ -19,6 +19,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/rapidvalue/tier3-agent/internal/childproc"
 	"github.com/rapidvalue/tier3-agent/internal/syncbuf"
 	"io"
 	"net"
@@ -27,7 +28,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -281,18 +281,7 @@ func (s *Server) Output() string { return s.out.String() }
 
 // Stop stops slapd (idempotent).
 func (s *Server) Stop() {
-	select {
-	case <-s.done:
-		return
-	default:
-	}
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(10 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.done
-	}
+	childproc.Stop(s.cmd.Process, s.done, 10*time.Second)
 }
 
 func randomPassword() string {

@@ -10,11 +10,11 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/rapidvalue/tier3-agent/internal/childproc"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -102,18 +102,7 @@ func StartWithState(t testing.TB, stateDir string) *TPM {
 
 // Stop stops the TPM (idempotent).
 func (s *TPM) Stop() {
-	select {
-	case <-s.done:
-		return
-	default:
-	}
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(5 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.done
-	}
+	childproc.Stop(s.cmd.Process, s.done, 5*time.Second)
 }
 
 // Open connects to the TPM. swtpm serves one connection at a time: close it
