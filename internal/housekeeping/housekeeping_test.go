@@ -110,6 +110,15 @@ var boundaries = []struct {
 	{"./cmd/tier3-agent", []string{"controlplane"}},
 	{"./vault", []string{"agent", "controlplane"}},
 	{"./seal/...", []string{"agent", "controlplane"}},
+	// Self-update verifies and swaps binaries with the key it is handed;
+	// it never opens the vault or talks through the runtime.
+	{"./update/...", []string{"vault", "seal", "agent", "controlplane"}},
+	// The installer is served by the control plane: it carries no code
+	// that reads a credential.
+	{"./install", []string{"vault", "seal", "agent", "controlplane"}},
+	// The offline release signer holds the release key and talks to the
+	// control plane's admin API, never to a vault.
+	{"./cmd/rv-release-sign", []string{"vault", "seal", "agent"}},
 }
 
 // boundaryPlatforms are those the release is built for: build-tagged files
