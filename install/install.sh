@@ -15,6 +15,21 @@
 # else is one line "tier3-agent-install: error: ..." and the host as it was.
 # Running it again upgrades the binary in place and keeps the vault.
 #
+# Uninstall, as root (the same script; nothing else is needed):
+#
+#   curl -fsS https://CONTROL-PLANE/agent/install | sh -s -- --uninstall [--purge]
+#   sh install.sh --uninstall [--purge]
+#
+# --uninstall stops and disables rapidvalue-agent.service, removes the unit,
+# its drop-in folder, the binary and its update files, and keeps the vault,
+# its seal file and identity, and the audit log where they are (it lists
+# them): they hold the customer's credentials and the evidence, and deleting
+# those takes a flag of its own. --purge removes them too, and the
+# rapidvalue-agent user (kept otherwise: it owns the kept files). Running it
+# again finishes an uninstall cut short; with nothing installed it does
+# nothing. The one step it cannot take is on the control plane: revoking
+# the agent's token, which stays valid until then (it says how).
+#
 # Environment:
 #   RV_AGENT_TOKEN       agent token (required)
 #   RV_AGENT_UPDATE_KEY  update key, stored in the vault (required on first
@@ -103,6 +118,153 @@ die() {
 trap 'die "interrupted"' INT TERM HUP
 trap 'die "failed unexpectedly: see the message above"' EXIT
 
+usage() {
+	trap - EXIT INT TERM HUP
+	printf '%s: error: %s\n' "$prog" "$1" >&2
+	printf '%s: hint: install: RV_AGENT_TOKEN=... RV_AGENT_UPDATE_KEY=... sh install.sh; uninstall: sh install.sh --uninstall [--purge]\n' "$prog" >&2
+	exit 2
+}
+
+mode=install
+purge=
+for arg in "$@"; do
+	case $arg in
+	--uninstall) mode=uninstall ;;
+	--purge) purge=1 ;;
+	*) usage "unknown argument $arg" ;;
+	esac
+done
+if [ -n "$purge" ] && [ "$mode" != uninstall ]; then
+	usage "--purge goes with --uninstall"
+fi
+
+# The files of the binary: removed by every uninstall. Everything else in
+# $dest (the vault, its seal file and lock, the identity, the audit log) is
+# data, kept unless --purge.
+binary_files="tier3-agent tier3-agent.bak tier3-agent.unverified tier3-agent.update.json .tier3-agent.new .tier3-agent.old control-plane-ca.pem"
+
+uninstall() {
+	if [ -z "$root" ] && [ "$(id -u)" -ne 0 ]; then
+		die "run as root (sudo sh -s -- --uninstall): it removes files under /opt and /etc/systemd"
+	fi
+	agent_user=rapidvalue-agent
+	user_exists=
+	if [ -z "$root" ] && id "$agent_user" >/dev/null 2>&1; then user_exists=1; fi
+	if [ ! -e "$unit" ] && [ ! -e "$dropin_dir" ] && [ ! -e "$dest" ]; then
+		if [ -n "$purge" ] && [ -n "$user_exists" ]; then
+			userdel "$agent_user" || die "cannot remove the user $agent_user"
+			say "removed the user $agent_user"
+		fi
+		say "nothing to remove: tier3-agent is not installed here (no $unit, no $dest)"
+		trap - EXIT INT TERM HUP
+		exit 0
+	fi
+	if [ -n "$purge" ] && [ -d "$dest" ] && [ ! -e "$dest/agent-vault.json" ] && [ ! -e "$dest/tier3-agent" ]; then
+		die "$dest holds neither a vault nor the agent: not removing what this installer did not make; remove it yourself"
+	fi
+	cp_url=$url
+	if [ -f "$unit" ]; then
+		cp_url=$(sed -n 's/^Environment=RV_CONTROL_PLANE_URL=//p' "$unit" | tail -n 1)
+	fi
+	case $cp_url in *'{{'* | '') cp_url='the control plane' ;; esac
+
+	reload=
+	if command -v systemctl >/dev/null 2>&1 && { [ -e "$unit" ] || [ -e "$dropin_dir" ]; }; then
+		reload=1
+	fi
+	if [ -e "$unit" ] || [ -e "$dropin_dir" ]; then
+		if [ -n "$reload" ]; then
+			if [ -e "$unit" ]; then
+				if out=$(systemctl disable --now rapidvalue-agent.service 2>&1); then
+					say "stopped and disabled rapidvalue-agent.service"
+				elif [ -z "$root" ] && [ ! -d /run/systemd/system ]; then
+					# systemctl without a running systemd (a container):
+					# nothing to stop or reload through it.
+					reload=
+					say "systemd is not running here: stop the agent you started by hand ($dest_rel/tier3-agent run) if it still runs"
+				else
+					die "systemctl disable --now rapidvalue-agent.service failed: $(printf '%s' "$out" | tail -n 1); stop the agent and run again"
+				fi
+			fi
+		else
+			say "systemctl is missing: stop the agent you started by hand ($dest_rel/tier3-agent run) if it still runs"
+		fi
+	fi
+
+	# Before the binary goes: the audit log's head, to record off the host.
+	if [ -n "$purge" ] && [ -f "$dest/audit.log" ] && [ -x "$dest/tier3-agent" ]; then
+		if head=$("$dest/tier3-agent" audit verify "$dest/audit.log" 2>&1); then
+			say "$head"
+		else
+			say "the audit log does not verify: $(printf '%s' "$head" | tail -n 1)"
+		fi
+	fi
+
+	if [ -e "$unit" ]; then
+		rm -f "$unit" || die "cannot remove $unit"
+		say "removed $unit"
+	fi
+	if [ -e "$dropin_dir" ]; then
+		for f in "$dropin_dir"/*; do
+			if [ -e "$f" ]; then say "removed $f"; fi
+		done
+		rm -rf "$dropin_dir" || die "cannot remove $dropin_dir"
+		say "removed $dropin_dir"
+	fi
+	if [ -n "$reload" ]; then
+		out=$(systemctl daemon-reload 2>&1) || die "systemctl daemon-reload failed: $(printf '%s' "$out" | tail -n 1)"
+		# A unit that ended failed stays listed (systemctl --failed) until
+		# reset, file or no file.
+		systemctl reset-failed rapidvalue-agent.service >/dev/null 2>&1 || :
+	fi
+
+	if [ -d "$dest" ]; then
+		for f in $binary_files; do
+			if [ -e "$dest/$f" ]; then
+				rm -f "$dest/$f" || die "cannot remove $dest/$f"
+				say "removed $dest/$f"
+			fi
+		done
+	fi
+	if [ -n "$purge" ]; then
+		if [ -e "$dest" ]; then
+			for f in "$dest"/* "$dest"/.[!.]*; do
+				if [ -e "$f" ]; then say "removed $f"; fi
+			done
+			rm -rf "$dest" || die "cannot remove $dest"
+			say "removed $dest"
+		fi
+		if [ -n "$user_exists" ]; then
+			userdel "$agent_user" || die "cannot remove the user $agent_user"
+			say "removed the user $agent_user"
+		fi
+		say "the connector secrets the vault held are still valid on their systems: rotate them if this host is not trusted"
+	elif [ -d "$dest" ]; then
+		kept=
+		for f in "$dest"/* "$dest"/.[!.]*; do
+			if [ -e "$f" ]; then
+				say "kept $f"
+				kept=1
+			fi
+		done
+		if [ -n "$kept" ]; then
+			say "kept: the vault (with the connector secrets and the agent token), its seal and the audit log; --uninstall --purge removes them"
+		else
+			rmdir "$dest" && say "removed $dest"
+		fi
+		if [ -n "$user_exists" ]; then
+			say "kept the user $agent_user: it owns the kept files (--purge removes it)"
+		fi
+	fi
+	say "one step is left, on $cp_url: revoke this agent's token, which stays valid until then (admin API: GET /admin/v1/agents names the agent of host $(uname -n) and its token_id; POST /admin/v1/tokens/TOKEN_ID/revoke)"
+	trap - EXIT INT TERM HUP
+	exit 0
+}
+
+if [ "$mode" = uninstall ]; then
+	uninstall
+fi
+
 case $url in
 *'{{'*) die "RV_CONTROL_PLANE_URL is not set: download this script from the control plane's /agent/install or set it" ;;
 https://*) ;;
@@ -129,7 +291,9 @@ aarch64 | arm64) arch=arm64 ;;
 esac
 
 upgrade=
-if [ -e "$dest/agent-vault.json" ]; then
+if [ -e "$dest/agent-vault.json" ] && [ ! -e "$dest/tier3-agent" ]; then
+	die "$dest holds a vault kept by --uninstall but no agent: move $dest aside (its vault opens with your recovery key) or remove it with --uninstall --purge, and run again"
+elif [ -e "$dest/agent-vault.json" ]; then
 	upgrade=1
 elif [ -e "$dest" ]; then
 	die "$dest exists but holds no vault: move it aside and run again"

@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -18,63 +19,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/rapidvalue/tier3-agent/controlplane"
 	"github.com/rapidvalue/tier3-agent/install"
+	"github.com/rapidvalue/tier3-agent/internal/standin"
 	"github.com/rapidvalue/tier3-agent/internal/testbin"
 )
-
-// standInSystemctl plays systemd for the installer: `enable --now` and
-// `restart` start the installed binary in the background, in its own process
-// group, with the unit's (and drop-in's) Environment= lines, /opt/rapidvalue
-// moved under RV_INSTALL_ROOT; `disable --now` stops it. It records the
-// process group in $STANDIN_STATE/pid.
-const standInSystemctl = `#!/bin/sh
-state=$STANDIN_STATE
-root=$RV_INSTALL_ROOT
-echo "$*" >>"$state/calls"
-stop() {
-	if [ -f "$state/pid" ]; then
-		pg=$(cat "$state/pid")
-		kill -TERM "-$pg" 2>/dev/null
-		# Like systemd: wait until the old agent is gone (10 s, then KILL).
-		n=0
-		while kill -0 "-$pg" 2>/dev/null && ! grep -q '^[^)]*) Z' "/proc/$pg/stat" 2>/dev/null; do
-			n=$((n + 1))
-			if [ "$n" -gt 200 ]; then kill -KILL "-$pg" 2>/dev/null; break; fi
-			sleep 0.05
-		done
-		rm -f "$state/pid"
-	fi
-}
-start() {
-	units=$(cat "$root/etc/systemd/system/rapidvalue-agent.service" "$root"/etc/systemd/system/rapidvalue-agent.service.d/*.conf 2>/dev/null)
-	# LoadCredentialEncrypted=NAME:PATH: decrypt into $state/creds (%d).
-	mkdir -p "$state/creds"
-	for c in $(printf '%s\n' "$units" | sed -n 's/^LoadCredentialEncrypted=//p'); do
-		systemd-creds decrypt --name="${c%%:*}" "$root${c#*:}" "$state/creds/${c%%:*}" || exit 1
-	done
-	envs=$(printf '%s\n' "$units" | sed -n 's/^Environment=//p' | sed "s#=/opt/rapidvalue#=$root/opt/rapidvalue#; s#%d#$state/creds#")
-	# setsid: the agent leads its own process group (no job control here).
-	# shellcheck disable=SC2086
-	(cd "$root/opt/rapidvalue" && exec @SETSID@ env -i PATH="$PATH" HOME="$state" RV_POLL_WAIT=2 RV_HEARTBEAT_INTERVAL=2 \
-		RV_AGENT_SELF_UPDATE=0 $envs "$root/opt/rapidvalue/tier3-agent" run) </dev/null >>"$state/agent.log" 2>&1 &
-	echo $! >"$state/pid"
-	echo $! >>"$state/pids"
-}
-case "$*" in
-daemon-reload) ;;
-"enable --now rapidvalue-agent.service") start ;;
-"restart rapidvalue-agent.service") stop; start ;;
-"disable --now rapidvalue-agent.service") stop ;;
-*) echo "stand-in systemctl: unexpected $*" >&2; exit 1 ;;
-esac
-`
 
 // tools the installer may call; the test's PATH holds only these (so that
 // systemd-creds, dbus-send and the real systemctl are absent).
@@ -142,16 +95,8 @@ func newBed(t *testing.T, systemctl bool, extraTools ...string) *bed {
 		}
 	}
 	if systemctl {
-		setsid, err := exec.LookPath("setsid")
-		if err != nil {
-			t.Skip("setsid (util-linux) is missing")
-		}
-		script := strings.ReplaceAll(standInSystemctl, "@SETSID@", setsid)
-		if err := os.WriteFile(filepath.Join(b.binDir, "systemctl"), []byte(script), 0o755); err != nil {
-			t.Fatal(err)
-		}
+		standin.Systemctl(t, b.binDir, b.state)
 	}
-	t.Cleanup(func() { b.killAgents(t) })
 	return b
 }
 
@@ -167,7 +112,20 @@ func (b *bed) publish(t *testing.T) {
 // run runs the installer with a clean environment plus extra.
 func (b *bed) run(t *testing.T, token string, extra ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(b.binDir, "sh"), b.script)
+	return b.runArgs(t, token, nil, extra...)
+}
+
+// runArgs runs the installer with arguments, the way `curl … | sh -s --
+// ARGS` does: the script on standard input.
+func (b *bed) runArgs(t *testing.T, token string, args []string, extra ...string) (string, error) {
+	t.Helper()
+	script, err := os.Open(b.script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer script.Close()
+	cmd := exec.Command(filepath.Join(b.binDir, "sh"), append([]string{"-s", "--"}, args...)...)
+	cmd.Stdin = script
 	cmd.Env = append([]string{
 		"PATH=" + b.binDir, "HOME=" + b.state, "TMPDIR=" + b.state,
 		"RV_AGENT_TOKEN=" + token, "RV_AGENT_UPDATE_KEY=" + b.tok.UpdateKey,
@@ -176,41 +134,6 @@ func (b *bed) run(t *testing.T, token string, extra ...string) (string, error) {
 	}, extra...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
-}
-
-// killAgents stops every agent the stand-in systemctl started and waits
-// until each process group is gone.
-func (b *bed) killAgents(t *testing.T) {
-	data, _ := os.ReadFile(filepath.Join(b.state, "pids"))
-	for _, f := range strings.Fields(string(data)) {
-		pid, err := strconv.Atoi(f)
-		if err != nil || pid <= 1 {
-			continue
-		}
-		syscall.Kill(-pid, syscall.SIGTERM)
-		deadline := time.Now().Add(10 * time.Second)
-		for alive(pid) {
-			if time.Now().After(deadline) {
-				syscall.Kill(-pid, syscall.SIGKILL)
-				break
-			}
-			time.Sleep(20 * time.Millisecond) // polling, with a deadline
-		}
-	}
-}
-
-// alive reports whether the process group pid still has members, counting
-// a zombie leader (reparented, maybe never reaped here) as gone.
-func alive(pid int) bool {
-	if syscall.Kill(-pid, 0) != nil {
-		return false
-	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true // the leader is gone, other members are not
-	}
-	i := bytes.LastIndexByte(stat, ')')
-	return !(i > 0 && i+2 < len(stat) && stat[i+2] == 'Z')
 }
 
 // tree lists every path under dir with its mode.
@@ -453,5 +376,233 @@ func TestInstallIdentitySystemdCreds(t *testing.T) {
 	}
 	if list := b.agents(t); len(list) != 1 || list[0].Vault.Seal != "identity" {
 		t.Fatalf("agents: %+v, want one with an identity-sealed vault", list)
+	}
+}
+
+// files lists the regular files under dir, relative to it, sorted.
+func files(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		out = append(out, rel)
+		return nil
+	})
+	return out
+}
+
+// uninstall runs the script with --uninstall and args, and fails the test
+// unless it exits 0.
+func (b *bed) uninstall(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := b.runArgs(t, "", append([]string{"--uninstall"}, args...))
+	if err != nil {
+		t.Fatalf("uninstall %v: %v\n%s", args, err, out)
+	}
+	t.Logf("uninstall %v:\n%s", args, out)
+	if strings.Contains(out, ": error:") {
+		t.Fatalf("uninstall %v printed an error:\n%s", args, out)
+	}
+	return out
+}
+
+func (b *bed) calls(t *testing.T) string {
+	t.Helper()
+	data, _ := os.ReadFile(filepath.Join(b.state, "calls"))
+	return string(data)
+}
+
+// revokeHint is what every uninstall of an installation ends with: the step
+// it cannot take.
+const revokeHint = "revoke this agent's token"
+
+// TestUninstall: install, then --uninstall: the service is stopped and
+// disabled, the unit, its drop-in and the binary are gone, and only the
+// vault, its seal file (and lock), the identity and the audit log are left,
+// each named in the output. A second --uninstall changes nothing. With the
+// token revoked on the control plane (admin API), an agent started again
+// on the kept vault is refused: exit 78, agent.disabled in the kept audit
+// log, whose chain still verifies. --purge then removes the rest; the
+// installer runs again from scratch.
+func TestUninstall(t *testing.T) {
+	b := newBed(t, true)
+	if out, err := b.run(t, b.tok.Token, "RV_INSTALL_SEAL=identity"); err != nil {
+		t.Fatalf("install: %v\n%s", err, out)
+	}
+	if !standin.Running(b.state) {
+		t.Fatal("the installed agent is not running")
+	}
+	dest := filepath.Join(b.root, "opt", "rapidvalue")
+	before := b.calls(t)
+
+	out := b.uninstall(t)
+	if standin.Running(b.state) {
+		t.Fatal("the agent still runs after --uninstall")
+	}
+	if got, want := strings.TrimPrefix(b.calls(t), before), "disable --now rapidvalue-agent.service\ndaemon-reload\nreset-failed rapidvalue-agent.service\n"; got != want {
+		t.Fatalf("systemctl calls by --uninstall:\n%s\nwant:\n%s", got, want)
+	}
+	kept := []string{"opt/rapidvalue/agent-vault.json", "opt/rapidvalue/agent-vault.json.lock",
+		"opt/rapidvalue/agent-vault.json.seal", "opt/rapidvalue/audit.log", "opt/rapidvalue/host.key"}
+	if got := files(t, b.root); strings.Join(got, " ") != strings.Join(kept, " ") {
+		t.Fatalf("files left after --uninstall:\n%v\nwant:\n%v", got, kept)
+	}
+	for _, f := range kept {
+		if !strings.Contains(out, "kept "+filepath.Join(b.root, f)+"\n") {
+			t.Errorf("the output does not name the kept %s", f)
+		}
+	}
+	for _, want := range []string{
+		"removed " + filepath.Join(b.root, "etc/systemd/system/rapidvalue-agent.service") + "\n",
+		"removed " + filepath.Join(b.root, "etc/systemd/system/rapidvalue-agent.service.d/install.conf") + "\n",
+		"removed " + filepath.Join(dest, "tier3-agent") + "\n",
+		"--purge", revokeHint, b.cp.URL, "POST /admin/v1/tokens/TOKEN_ID/revoke",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the output lacks %q", want)
+		}
+	}
+
+	// Again: nothing more to do, the same files kept.
+	before = b.calls(t)
+	out = b.uninstall(t)
+	if got := files(t, b.root); strings.Join(got, " ") != strings.Join(kept, " ") {
+		t.Fatalf("a second --uninstall changed the files: %v", got)
+	}
+	if strings.Contains(out, "removed") || !strings.Contains(out, revokeHint) {
+		t.Fatalf("a second --uninstall:\n%s", out)
+	}
+	if got := strings.TrimPrefix(b.calls(t), before); got != "" {
+		t.Fatalf("a second --uninstall called systemctl: %s", got)
+	}
+
+	// The installer does not take the kept vault for an installation.
+	snapshot := tree(t, b.root)
+	out, err := b.run(t, b.tok.Token, "RV_INSTALL_SEAL=identity")
+	if err == nil || len(errorLine.FindAllString(out, -1)) != 1 || !strings.Contains(out, "kept by --uninstall") {
+		t.Fatalf("install over a kept vault: %v\n%s", err, out)
+	}
+	if after := tree(t, b.root); strings.Join(after, "\n") != strings.Join(snapshot, "\n") {
+		t.Fatalf("the refused install changed the root:\n%v", after)
+	}
+
+	// The step the script cannot take: revoke the token. The kept vault
+	// still holds it; an agent started on it is refused.
+	list := b.agents(t)
+	if len(list) != 1 || list[0].TokenID != b.tok.TokenID || list[0].Hostname == "" {
+		t.Fatalf("agents: %+v", list)
+	}
+	if err := b.cp.Admin.RevokeToken(context.Background(), list[0].TokenID); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(testbin.Agent(t), "run")
+	cmd.Env = []string{"PATH=" + b.binDir, "HOME=" + b.state,
+		"RV_CONTROL_PLANE_URL=" + b.cp.URL, "RV_CONTROL_PLANE_CA=" + b.caFile,
+		"RV_AGENT_VAULT_PATH=" + filepath.Join(dest, "agent-vault.json"),
+		"RV_AGENT_VAULT_IDENTITY_FILE=" + filepath.Join(dest, "host.key"),
+		"RV_AGENT_AUDIT_LOG=" + filepath.Join(dest, "audit.log"),
+		"RV_POLL_WAIT=2", "RV_HEARTBEAT_INTERVAL=2", "RV_AGENT_SELF_UPDATE=0"}
+	done := make(chan struct{})
+	var runOut []byte
+	go func() { runOut, err = cmd.CombinedOutput(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("the agent with a revoked token is still running after 60 s:\n%s", runOut)
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 78 {
+		t.Fatalf("agent on the kept vault with a revoked token: %v, want exit 78\n%s", err, runOut)
+	}
+	t.Logf("revoked: %s", bytes.TrimSpace(runOut))
+	audit, err := os.ReadFile(filepath.Join(dest, "audit.log"))
+	if err != nil || !bytes.Contains(audit, []byte(`"type":"agent.disabled"`)) {
+		t.Fatalf("the kept audit log has no agent.disabled (%v)", err)
+	}
+	verify := exec.Command(testbin.Agent(t), "audit", "verify", filepath.Join(dest, "audit.log"))
+	if vout, err := verify.CombinedOutput(); err != nil || !strings.Contains(string(vout), "chain intact") {
+		t.Fatalf("audit verify on the kept log: %v\n%s", err, vout)
+	}
+
+	// --purge removes what was kept; then there is nothing left to do.
+	os.Symlink(testbin.Agent(t), filepath.Join(dest, "tier3-agent")) // as if still installed: purge prints the log's head first
+	out = b.uninstall(t, "--purge")
+	if !strings.Contains(out, "chain intact") || !strings.Contains(out, "rotate") || !strings.Contains(out, "removed "+dest+"\n") {
+		t.Errorf("--purge output lacks the audit log's head, the rotation hint or %s", dest)
+	}
+	if got := files(t, b.root); len(got) != 0 {
+		t.Fatalf("files left after --purge: %v", got)
+	}
+	out = b.uninstall(t, "--purge")
+	if !strings.Contains(out, "nothing to remove") {
+		t.Fatalf("--purge on nothing:\n%s", out)
+	}
+
+	// A fresh install works again after a purge.
+	if out, err := b.run(t, b.tok.Token, "RV_INSTALL_SEAL=identity"); err == nil || !strings.Contains(out, "401") {
+		t.Fatalf("install with the revoked token: %v\n%s", err, out)
+	}
+	tok, err := b.cp.Admin.CreateToken(context.Background(), controlplane.CreateTokenRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.tok = tok
+	if out, err := b.run(t, tok.Token, "RV_INSTALL_SEAL=identity"); err != nil {
+		t.Fatalf("install after --purge: %v\n%s", err, out)
+	}
+}
+
+// TestUninstallPurgeAfterInstall: --uninstall --purge right after an
+// install (systemd-creds identity) leaves nothing but the empty system
+// folders (/opt, /etc/systemd/system).
+func TestUninstallPurgeAfterInstall(t *testing.T) {
+	testbin.Tool(t, "systemd-creds")
+	if _, err := os.Stat("/dev/tpmrm0"); err == nil {
+		t.Skip("this host has a TPM")
+	}
+	b := newBed(t, true, "systemd-creds")
+	secret := filepath.Join(t.TempDir(), "credential.secret")
+	if out, err := b.run(t, b.tok.Token, "SYSTEMD_CREDENTIAL_SECRET="+secret); err != nil {
+		t.Fatalf("install: %v\n%s", err, out)
+	}
+	b.uninstall(t, "--purge")
+	if standin.Running(b.state) {
+		t.Fatal("the agent still runs after --uninstall --purge")
+	}
+	var left []string
+	for _, l := range tree(t, b.root) {
+		left = append(left, strings.Fields(l)[0])
+	}
+	if got := strings.Join(left, " "); got != "etc etc/systemd etc/systemd/system opt" {
+		t.Fatalf("left after --purge: %s", got)
+	}
+}
+
+// TestUninstallNothing: --uninstall where nothing is installed says so,
+// calls no systemctl, writes nothing and exits 0; bad arguments exit 2.
+func TestUninstallNothing(t *testing.T) {
+	b := newBed(t, true)
+	for _, args := range [][]string{nil, {"--purge"}} {
+		if out := b.uninstall(t, args...); !strings.Contains(out, "nothing to remove") {
+			t.Fatalf("uninstall %v of nothing:\n%s", args, out)
+		}
+	}
+	if c := b.calls(t); c != "" {
+		t.Fatalf("systemctl called: %s", c)
+	}
+	if left := tree(t, b.root); len(left) != 0 {
+		t.Fatalf("uninstall of nothing wrote %v", left)
+	}
+	for _, args := range [][]string{{"--purge"}, {"--uninstall", "--keep"}, {"uninstall"}} {
+		out, err := b.runArgs(t, b.tok.Token, args)
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || len(errorLine.FindAllString(out, -1)) != 1 {
+			t.Fatalf("%v: %v, want exit 2 and one error line\n%s", args, err, out)
+		}
 	}
 }
