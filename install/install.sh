@@ -8,8 +8,8 @@
 # It fetches the manifest and the binary for this host's os/arch with the
 # token, checks the binary's SHA-256 against the manifest, installs it as
 # /opt/rapidvalue/tier3-agent, creates an empty vault sealed with the
-# strongest seal the host offers (tpm2, keyring, identity encrypted with
-# systemd-creds), puts the token and update key in the vault's _agent entry,
+# strongest seal the host offers (tpm2, then identity encrypted with
+# systemd-creds; keyring only on a host without systemd), puts the token and update key in the vault's _agent entry,
 # writes the systemd unit rapidvalue-agent.service, starts it and waits until
 # the agent has registered. Exit 0 means installed and registered; anything
 # else is one line "tier3-agent-install: error: ..." and the host as it was.
@@ -364,18 +364,24 @@ if [ -z "$upgrade" ]; then
 	if [ -z "$seal" ]; then
 		if [ -e /dev/tpmrm0 ] || [ -n "${RV_AGENT_TPM_DEVICE:-}" ]; then
 			seal=tpm2
-		elif keyring_reachable; then
+		elif ! command -v systemctl >/dev/null 2>&1 && keyring_reachable; then
+			# Only without systemd: the agent then runs in this session,
+			# which has the keyring. rapidvalue-agent.service has no
+			# session bus, so a keyring seal could never open there.
 			seal=keyring
 		elif command -v systemd-creds >/dev/null 2>&1; then
 			seal=identity
 		else
-			die "no seal for the vault on this host: no TPM (/dev/tpmrm0), no Secret Service keyring, no systemd-creds; add a TPM, or set RV_INSTALL_SEAL=passphrase (and RV_AGENT_VAULT_PASSPHRASE_FILE) or RV_INSTALL_SEAL=identity (dev/test only)"
+			die "no seal for the vault on this host: no TPM (/dev/tpmrm0), no systemd-creds, no keyring the agent could use; add a TPM, or set RV_INSTALL_SEAL=passphrase (and RV_AGENT_VAULT_PASSPHRASE_FILE) or RV_INSTALL_SEAL=identity (dev/test only)"
 		fi
 	fi
 	case $seal in
 	tpm2 | keyring | identity | passphrase) ;;
 	*) die "RV_INSTALL_SEAL: want tpm2, keyring, identity or passphrase, not $seal" ;;
 	esac
+	if [ "$seal" = keyring ] && command -v systemctl >/dev/null 2>&1; then
+		die "the keyring seal needs a user's session bus, which rapidvalue-agent.service does not have: use RV_INSTALL_SEAL=tpm2, identity or passphrase"
+	fi
 
 	# Stage next to the destination (same file system: the final mv is a
 	# rename), then move into place.

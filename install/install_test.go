@@ -330,6 +330,31 @@ func TestInstallNoSeal(t *testing.T) {
 	b.wantFailure(t, out, err, "no seal for the vault")
 }
 
+// TestInstallKeyringNotForTheService: the keyring seal opens only in a
+// user's session, which rapidvalue-agent.service lacks: with systemd the
+// installer never picks it, even when its own session has a keyring, and
+// refuses it when asked for.
+func TestInstallKeyringNotForTheService(t *testing.T) {
+	b := newBed(t, true, "dbus-send")
+	out, err := b.run(t, b.tok.Token, "RV_INSTALL_SEAL=keyring")
+	b.wantFailure(t, out, err, "the keyring seal needs a user's session bus")
+
+	bus := os.Getenv("DBUS_SESSION_BUS_ADDRESS")
+	if bus == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("no session bus, and CI=true: scripts/test.sh runs the tests in one with gnome-keyring")
+		}
+		t.Skip("no session bus with a keyring here (scripts/test.sh provides one)")
+	}
+	// A keyring answers on the installer's session bus; no TPM, no
+	// systemd-creds: nothing the service could open, so no seal.
+	if _, err := os.Stat("/dev/tpmrm0"); err == nil {
+		t.Skip("this host has a TPM")
+	}
+	out, err = b.run(t, b.tok.Token, "DBUS_SESSION_BUS_ADDRESS="+bus)
+	b.wantFailure(t, out, err, "no seal for the vault")
+}
+
 // TestInstallWithoutSystemctl: without systemctl the installer installs and
 // prints how to start the agent.
 func TestInstallWithoutSystemctl(t *testing.T) {
