@@ -60,6 +60,17 @@ type Options struct {
 	// agent is registered, and Heartbeat is told of every answered
 	// heartbeat with its update_available hint. Package update implements it.
 	Updater Updater
+	// Ready, when set, is called once, when the agent has registered and
+	// starts polling: a service manager's READY=1 (cmd/tier3-agent).
+	Ready func(agentID string)
+	// Alive, when set with a positive Watchdog, is called every Watchdog
+	// while the agent's heartbeat loop keeps its schedule (each beat
+	// answered or failed within its deadline): a service manager's
+	// WATCHDOG=1. A wedged loop stops the calls, so that the manager
+	// restarts the agent; a control plane that cannot be reached does
+	// not (a restart would not help).
+	Alive    func()
+	Watchdog time.Duration
 }
 
 // Updater is the agent's self-update (PROTOCOL.md §7).
@@ -90,6 +101,9 @@ type Agent struct {
 
 	pollWait  atomic.Int64 // time.Duration
 	heartbeat atomic.Int64 // time.Duration
+	// beatDue is when the heartbeat loop must next come round (Unix ns):
+	// the watchdog's measure of liveness.
+	beatDue atomic.Int64
 
 	events   *audit.Queue
 	wentIdle chan struct{}
@@ -290,6 +304,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	var loops sync.WaitGroup
 	loops.Add(3)
+	a.scheduleBeat(time.Duration(a.heartbeat.Load()))
 	go func() { defer loops.Done(); a.heartbeatLoop(pollCtx) }()
 	go func() { defer loops.Done(); a.hygieneLoop(pollCtx) }()
 	var tasks sync.WaitGroup
@@ -297,6 +312,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	if u := a.opts.Updater; u != nil {
 		loops.Add(1)
 		go func() { defer loops.Done(); u.Run(pollCtx) }()
+	}
+	if a.opts.Alive != nil && a.opts.Watchdog > 0 {
+		loops.Add(1)
+		go func() { defer loops.Done(); a.watchdogLoop(pollCtx) }()
+	}
+	if a.opts.Ready != nil {
+		a.opts.Ready(a.cl.id())
 	}
 
 	var err error
@@ -412,9 +434,41 @@ func (a *Agent) wait(ctx context.Context, err error, b *backoff) error {
 	}
 }
 
+// heartbeatTimeout is one heartbeat's deadline.
+const heartbeatTimeout = 30 * time.Second
+
+// scheduleBeat records that the heartbeat loop waits d before its next
+// beat: it must come round within d, the beat's deadline and a margin.
+func (a *Agent) scheduleBeat(d time.Duration) {
+	a.beatDue.Store(a.clock.Now().Add(d + heartbeatTimeout + 5*time.Second).UnixNano())
+}
+
+// live says whether the heartbeat loop keeps its schedule.
+func (a *Agent) live() bool { return a.clock.Now().UnixNano() <= a.beatDue.Load() }
+
+// watchdogLoop calls Alive every Watchdog while the agent is live.
+func (a *Agent) watchdogLoop(ctx context.Context) {
+	warned := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.clock.After(a.opts.Watchdog):
+		}
+		if a.live() {
+			a.opts.Alive()
+			warned = false
+		} else if !warned {
+			a.logWarn("the heartbeat loop is late: the service manager's watchdog is no longer fed")
+			warned = true
+		}
+	}
+}
+
 func (a *Agent) heartbeatLoop(ctx context.Context) {
 	wait := time.Duration(a.heartbeat.Load())
 	for {
+		a.scheduleBeat(wait)
 		select {
 		case <-ctx.Done():
 			return
@@ -431,7 +485,7 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 		var resp wire.HeartbeatResponse
 		// Each heartbeat has its own deadline, shorter than the interval
 		// would allow drift for; it never waits on polls or tasks.
-		hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		hctx, cancel := context.WithTimeout(ctx, heartbeatTimeout)
 		_, err := a.cl.do(hctx, "POST", "/heartbeat", hb, &resp)
 		cancel()
 		if fatal := a.fatalError(err); fatal != nil {

@@ -25,23 +25,8 @@ func TestUninstallUnderSystemd(t *testing.T) {
 	b := newBed(t, false)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	for src, dst := range map[string]string{b.script: "/tmp/install.sh", b.caFile: "/tmp/control-plane-ca.pem"} {
-		data, err := os.ReadFile(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(sd.Path(dst), data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	run := func(args ...string) (string, error) {
-		c := sd.Command(ctx, args[0], args[1:]...)
-		c.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root",
-			"RV_AGENT_TOKEN=" + b.tok.Token, "RV_AGENT_UPDATE_KEY=" + b.tok.UpdateKey,
-			"RV_CONTROL_PLANE_CA=/tmp/control-plane-ca.pem", "RV_INSTALL_SEAL=identity", "RV_INSTALL_WAIT=90"}
-		out, err := c.CombinedOutput()
-		return string(out), err
-	}
+	inNS := b.inSystemd(ctx, t, sd, "RV_INSTALL_SEAL=identity")
+	run := func(args ...string) (string, error) { return inNS(args[0], args[1:]...) }
 	const unit = "rapidvalue-agent.service"
 	if out, err := run("sh", "/tmp/install.sh"); err != nil {
 		t.Fatalf("install under systemd: %v\n%s", err, out)

@@ -80,3 +80,23 @@ func TestTruncatedScriptRunsNothing(t *testing.T) {
 		t.Fatalf("the truncated script wrote %v", ents)
 	}
 }
+
+// TestUnitDirectives: the directives issue 8 asks of the unit are there,
+// each once, with the value the agent is built for.
+func TestUnitDirectives(t *testing.T) {
+	for _, d := range []string{
+		"Type=notify", "NotifyAccess=main", "WatchdogSec=90", "Restart=always", "RestartPreventExitStatus=78",
+		"NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/opt/rapidvalue", "PrivateTmp=yes",
+		"ProtectHome=yes", "LimitCORE=0", "CapabilityBoundingSet=", "DeviceAllow=/dev/tpmrm0 rw",
+		"User=rapidvalue-agent", "SystemCallFilter=@system-service",
+	} {
+		if n := strings.Count("\n"+install.Unit+"\n", "\n"+d+"\n"); n != 1 {
+			t.Errorf("the unit has %q %d times, want once", d, n)
+		}
+	}
+	for _, prefix := range []string{"LimitMEMLOCK=", "RestrictAddressFamilies="} {
+		if !strings.Contains(install.Unit, "\n"+prefix) {
+			t.Errorf("the unit has no %s", prefix)
+		}
+	}
+}

@@ -38,6 +38,12 @@ func (c *cli) runAgent(args []string) error {
 	if err := wantArgs("run", pos, 0, 0); err != nil {
 		return err
 	}
+	// Signals first: a stop asked for while the vault is still being
+	// unsealed (systemctl stop right after a start) ends the run with 0
+	// once the agent is up, rather than killing it half-started.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
+	defer signal.Stop(sigs)
 	cfg, err := config.LoadAgent(c.getenv)
 	if err != nil {
 		return err
@@ -45,7 +51,7 @@ func (c *cli) runAgent(args []string) error {
 	if err := harden.Process(); err != nil {
 		return fmt.Errorf("%w: %w", errHarden, err)
 	}
-	if supervised, err := c.supervise(cfg, *worker); supervised {
+	if supervised, err := c.supervise(cfg, *worker, sigs); supervised {
 		return err
 	}
 	pass := &passphrase{file: cfg.Vault.PassphraseFile}
@@ -105,6 +111,7 @@ func (c *cli) runAgent(args []string) error {
 	}
 	defer auditLog.Close()
 
+	notify := c.serviceNotifier(*worker, selfUpdate.link)
 	reopened := false
 	a, err := agent.New(agent.Options{
 		Config: cfg, Version: version, BinarySHA256: sum, Token: token,
@@ -118,6 +125,9 @@ func (c *cli) runAgent(args []string) error {
 		LogWriter: c.stderr,
 		AuditLog:  auditLog,
 		Updater:   selfUpdate.checker,
+		Ready:     notify.ready,
+		Alive:     notify.alive,
+		Watchdog:  notify.every,
 	})
 	if err != nil {
 		return err
@@ -125,9 +135,6 @@ func (c *cli) runAgent(args []string) error {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	selfUpdate.attach(a, stop)
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
-	defer signal.Stop(sigs)
 	go func() {
 		for s := range sigs {
 			if s == syscall.SIGHUP {
@@ -136,6 +143,7 @@ func (c *cli) runAgent(args []string) error {
 				}
 				continue
 			}
+			notify.stopping()
 			stop()
 		}
 	}()

@@ -10,7 +10,7 @@ import (
 
 // supervise: off unix the agent always runs in this process, unsupervised,
 // and so installs no update (update.Checker refuses offers with a reason).
-func (c *cli) supervise(cfg *config.Agent, worker bool) (bool, error) {
+func (c *cli) supervise(cfg *config.Agent, worker bool, sigs chan os.Signal) (bool, error) {
 	if worker {
 		c.workerTestHooks()
 	}

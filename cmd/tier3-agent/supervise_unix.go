@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/rapidvalue/tier3-agent/internal/config"
+	"github.com/rapidvalue/tier3-agent/internal/sdnotify"
 	"github.com/rapidvalue/tier3-agent/update"
 )
 
@@ -25,7 +26,7 @@ import (
 // test binary's hooks and lets run go on (false). Otherwise, with
 // self-update on or an update on trial, it becomes the supervisor and
 // returns true with the exit it wants; else run goes on in this process.
-func (c *cli) supervise(cfg *config.Agent, worker bool) (bool, error) {
+func (c *cli) supervise(cfg *config.Agent, worker bool, sigs chan os.Signal) (bool, error) {
 	if worker {
 		c.workerTestHooks()
 		return false, nil
@@ -38,7 +39,7 @@ func (c *cli) supervise(cfg *config.Agent, worker bool) (bool, error) {
 	if !cfg.SelfUpdate && !update.InTrial(files) {
 		return false, nil
 	}
-	return true, c.runSupervisor(cfg, files)
+	return true, c.runSupervisor(cfg, files, sigs)
 }
 
 // underServiceManager: systemd sets INVOCATION_ID for every service it
@@ -53,7 +54,15 @@ func (c *cli) underServiceManager() bool {
 // restarts that belong to an update (into the new binary, back to the old
 // one) happen here in both cases, in the process systemd knows as the
 // service's main one.
-func (c *cli) runSupervisor(cfg *config.Agent, files update.Files) error {
+//
+// sigs is run's: it has been receiving SIGTERM, SIGINT and SIGHUP since
+// the process started. Under systemd (Type=notify) the supervisor is the
+// service's main process and the only one that notifies it: READY=1 when
+// the first worker has registered, WATCHDOG=1 whenever its worker is
+// alive (and when it starts one), STOPPING=1 on a stop. Workers get
+// neither NOTIFY_SOCKET nor WATCHDOG_*; they tell the supervisor over
+// their link.
+func (c *cli) runSupervisor(cfg *config.Agent, files update.Files, sigs chan os.Signal) error {
 	log := slog.New(slog.NewJSONHandler(c.stderr, nil)).With("component", "supervisor")
 	self, err := selfIdentity(files.Binary)
 	if err != nil {
@@ -62,9 +71,19 @@ func (c *cli) runSupervisor(cfg *config.Agent, files update.Files) error {
 	hooks := c.updateHooks()
 	managed := c.underServiceManager()
 	healthTimeout := update.HealthTimeout(cfg.HeartbeatInterval)
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
+	sd := c.managerNotifier(log)
+	ready := false
+	onLine := func(line string) {
+		switch line {
+		case "ready":
+			if !ready {
+				ready = true
+				sd.notify(log, sdnotify.Ready, sdnotify.Status("registered; polling the control plane"))
+			}
+		case "alive":
+			sd.notify(log, sdnotify.Watchdog)
+		}
+	}
 
 	restart := newRestartBackoff()
 	reverted := false
@@ -95,7 +114,10 @@ func (c *cli) runSupervisor(cfg *config.Agent, files update.Files) error {
 				"start", plan.Trial.Starts, "health_timeout", healthTimeout.String())
 		}
 		started := time.Now()
-		w, err := startWorker(files.Binary, c.stdout, c.stderr)
+		if ready {
+			sd.notify(log, sdnotify.Watchdog) // the supervisor is alive, starting the next worker
+		}
+		w, err := startWorker(files.Binary, c.stdout, c.stderr, sd.workerEnv())
 		if err != nil {
 			if plan.Trial != nil {
 				reverted = c.revert(log, files, "the new binary cannot be started: "+err.Error(), hooks)
@@ -103,7 +125,7 @@ func (c *cli) runSupervisor(cfg *config.Agent, files update.Files) error {
 			}
 			return fmt.Errorf("cannot start the agent: %w", err)
 		}
-		res := w.watch(sigs, deadline, cfg, log)
+		res := w.watch(sigs, deadline, log, onLine, func() { sd.notify(log, sdnotify.Stopping) })
 		log.Info("the agent exited", "status", res.how, "healthy", res.healthy)
 		if res.stopping {
 			return exitWith(res.code)
@@ -202,7 +224,7 @@ type worker struct {
 // supervisor's standard streams and environment, and one end of a socket
 // pair as fd 3. The thread that starts it stays locked until it exits, for
 // Linux's parent-death signal (supervise_linux.go).
-func startWorker(bin string, stdout, stderr io.Writer) (*worker, error) {
+func startWorker(bin string, stdout, stderr io.Writer, env []string) (*worker, error) {
 	syscall.ForkLock.RLock()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 	if err == nil {
@@ -216,6 +238,7 @@ func startWorker(bin string, stdout, stderr io.Writer) (*worker, error) {
 	mine, theirs := os.NewFile(uintptr(fds[0]), "worker"), os.NewFile(uintptr(fds[1]), "supervisor")
 	cmd := exec.Command(bin, "run", "--worker")
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, stdout, stderr
+	cmd.Env = env
 	cmd.ExtraFiles = []*os.File{theirs}
 	cmd.SysProcAttr = workerSysProcAttr()
 	w := &worker{lines: make(chan string, 4), done: make(chan struct{})}
@@ -260,7 +283,10 @@ type result struct {
 
 // watch passes signals on and waits for the worker's exit; with a
 // deadline, it kills a worker that is not healthy by then.
-func (w *worker) watch(sigs <-chan os.Signal, deadline time.Duration, cfg *config.Agent, log *slog.Logger) result {
+//
+// The worker's "ready" and "alive" lines go to onLine; stopping is
+// called when a stop signal is passed on.
+func (w *worker) watch(sigs <-chan os.Signal, deadline time.Duration, log *slog.Logger, onLine func(string), stopping func()) result {
 	var res result
 	var health, force <-chan time.Time
 	if deadline > 0 {
@@ -281,11 +307,14 @@ func (w *worker) watch(sigs <-chan os.Signal, deadline time.Duration, cfg *confi
 				res.healthy, health = true, nil
 			case "restart":
 				log.Info("the agent installed an update; starting it")
+			case "ready", "alive":
+				onLine(line)
 			}
 		case s := <-sigs:
 			w.proc.Signal(s)
 			if s != syscall.SIGHUP && !res.stopping {
 				res.stopping = true
+				stopping()
 				// The worker's own grace for tasks, its event flush, and a margin.
 				force = time.After(30*time.Second + time.Minute)
 			}

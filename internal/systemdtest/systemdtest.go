@@ -185,9 +185,12 @@ func (s *Systemd) Show(ctx context.Context, unit, property string) string {
 	return strings.TrimSpace(out)
 }
 
-// Journal returns what the journal holds for unit.
-func (s *Systemd) Journal(ctx context.Context, unit string) string {
-	out, _ := s.Command(ctx, "journalctl", "--no-pager", "-o", "cat", "-u", unit).CombinedOutput()
+// Journal returns the whole journal of the namespace: everything its
+// services printed. (journalctl -u cannot be used: journald attributes a
+// line to a unit by the sender's cgroup, which this sandbox's cgroups do
+// not always give it.)
+func (s *Systemd) Journal(ctx context.Context) string {
+	out, _ := s.Command(ctx, "journalctl", "--no-pager", "-o", "short-monotonic").CombinedOutput()
 	return string(out)
 }
 

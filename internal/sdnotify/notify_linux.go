@@ -1,0 +1,57 @@
+package sdnotify
+
+import (
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// Notifier sends states to the service manager. A nil *Notifier does
+// nothing.
+type Notifier struct {
+	mu   sync.Mutex
+	addr *net.UnixAddr
+}
+
+// New returns a Notifier for NOTIFY_SOCKET, or nil when it is unset. A
+// malformed value is an error (and a nil Notifier): the caller logs it and
+// runs on.
+func New(getenv func(string) string) (*Notifier, error) {
+	s := getenv(EnvSocket)
+	if s == "" {
+		return nil, nil
+	}
+	if err := checkSocket(s); err != nil {
+		return nil, err
+	}
+	name := s
+	if s[0] == '@' {
+		name = "\x00" + s[1:] // Go's spelling of an abstract address
+	}
+	return &Notifier{addr: &net.UnixAddr{Name: name, Net: "unixgram"}}, nil
+}
+
+// Notify sends one datagram holding the states, newline-separated.
+func (n *Notifier) Notify(states ...string) error {
+	if n == nil || len(states) == 0 {
+		return nil
+	}
+	msg := states[0]
+	for _, s := range states[1:] {
+		msg += "\n" + s
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	conn, err := net.DialUnix("unixgram", nil, n.addr)
+	if err != nil {
+		return fmt.Errorf("sd_notify: %w", err)
+	}
+	defer conn.Close()
+	// The manager reads promptly; a full queue must not hang the agent.
+	conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write([]byte(msg)); err != nil {
+		return fmt.Errorf("sd_notify: %w", err)
+	}
+	return nil
+}
