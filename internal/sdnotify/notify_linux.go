@@ -3,14 +3,12 @@ package sdnotify
 import (
 	"fmt"
 	"net"
-	"sync"
 	"time"
 )
 
 // Notifier sends states to the service manager. A nil *Notifier does
 // nothing.
 type Notifier struct {
-	mu   sync.Mutex
 	addr *net.UnixAddr
 }
 
@@ -41,8 +39,6 @@ func (n *Notifier) Notify(states ...string) error {
 	for _, s := range states[1:] {
 		msg += "\n" + s
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
 	conn, err := net.DialUnix("unixgram", nil, n.addr)
 	if err != nil {
 		return fmt.Errorf("sd_notify: %w", err)
