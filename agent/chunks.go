@@ -38,6 +38,17 @@ import (
 // before it is buffered: a record from a target that breaks one fails the
 // task with target_error (one over the chunk's size once encoded:
 // result_too_large), rather than a chunk being refused half-way through.
+//
+// # The single pass
+//
+// encode does the above in four passes over a record (redact.JSON checks
+// the JSON and scans it, appendCompactJSON, wire.Check). http.sync's page
+// scanner (syncpage.go) does the last two while it reads the record, and
+// notes its escaped strings; encodeRecord then only asks the redactor
+// whether the record holds a secret (redact.JSONClean: the raw text, and
+// the decoded text of the escaped strings). A record that does, or that
+// the scanner could not vouch for, goes through encode: the bytes sent and
+// the errors are encode's, always (FuzzSyncPageOracle).
 const (
 	// maxChunkSize caps records per chunk (envelope chunk_size and
 	// RV_AGENT_CHUNK_SIZE alike).
@@ -153,6 +164,29 @@ func (s *recordStream) add(raw []byte) error {
 	if err != nil {
 		return err
 	}
+	return s.put(rec)
+}
+
+// addRecord is add for a record that the page scanner has read (and
+// compacted and checked on the way): see encodeRecord.
+func (s *recordStream) addRecord(pr *pageRecord) error {
+	if s.closed {
+		return errors.New("record stream used after close")
+	}
+	select {
+	case <-s.done:
+		return s.senderErr()
+	default:
+	}
+	rec, err := s.encodeRecord(pr)
+	if err != nil {
+		return err
+	}
+	return s.put(rec)
+}
+
+// put buffers rec (encoded, checked), posting the chunk when it is full.
+func (s *recordStream) put(rec []byte) error {
 	// A chunk holds what fits in a body; records are never split.
 	if s.n > 0 && len(s.body)+1+len(rec)+len(`],"final":false}`) > maxChunkBody {
 		if err := s.flush(false); err != nil {
@@ -196,6 +230,25 @@ func (s *recordStream) encode(raw []byte) ([]byte, error) {
 		return nil, fail(wire.ErrTargetError, "record %d would be refused by the control plane: %v", s.added, err)
 	}
 	return s.scratch, nil
+}
+
+// encodeRecord returns exactly what encode(pr.raw) returns (the same
+// bytes, the same error), taking the scanner's work where it can: a record
+// that passed the scanner's checks and that the redactor finds clean is
+// its compact form, with no second pass over it. Anything else (a secret,
+// a record the scanner left unchecked) goes through encode. The result
+// lives until the next call.
+func (s *recordStream) encodeRecord(pr *pageRecord) ([]byte, error) {
+	if !pr.checked || !s.t.st.redact.r.JSONClean(pr.raw, pr.escaped) {
+		return s.encode(pr.raw)
+	}
+	// redact.JSON would return raw; appendCompactJSON(raw) is
+	// pr.compact; wire.Check would pass (the scanner checked its rules,
+	// and compaction changes neither depth, keys, UTF-8 nor escapes).
+	if len(pr.compact) > maxRecordBytes {
+		return nil, fail(wire.ErrResultTooLarge, "record %d is %d bytes once encoded, over the %d bytes a chunk can hold", s.added, len(pr.compact), maxRecordBytes)
+	}
+	return pr.compact, nil
 }
 
 // flush hands the chunk being filled to the sender (waiting while the

@@ -19,9 +19,10 @@ func init() { methods[wire.MethodHTTPSync] = httpSync{} }
 // page back as chunks (chunks.go).
 //
 // Memory: a page is decoded as a stream (syncpage.go), one record at a
-// time, so the agent holds one record of the page being read, the chunk
-// being filled and the chunk in flight: about 3 MiB at most, whatever the
-// size of a page or of the sync.
+// time, so the agent holds the scanner's buffer (the record being read:
+// at most about twice the 1 MiB record limit), the chunk being filled and
+// the chunk in flight: about 4 MiB at most, whatever the size of a page or
+// of the sync.
 //
 // Limits: one record (and any single JSON value of a page) at most 1 MiB;
 // one page at most 4 GiB (decompressed), which only time bounds, and
@@ -172,7 +173,7 @@ func (p *parsedHTTPSync) readPage(ctx context.Context, t *taskRun, rs *recordStr
 	if p.kind == nextJSONURL {
 		nextPtr = p.next
 	}
-	rawNext, n, err := readPage(resp.Body, p.items, nextPtr, defaultPageLimits, rs.add)
+	rawNext, n, err := readPageRecords(resp.Body, p.items, nextPtr, defaultPageLimits, rs.addRecord)
 	if err != nil {
 		var pe *pageError
 		switch {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rapidvalue/tier3-agent/internal/wire"
 )
@@ -403,4 +405,57 @@ func resolveValue(doc any, p jsonPointer) (any, bool) {
 		}
 	}
 	return v, true
+}
+
+// TestReadPageTrickle: a target that sends a byte at a time cannot make
+// the scanner rescan a record once per byte (a 768 KiB record would then
+// cost some 10^11 byte scans); the buffer grows geometrically.
+func TestReadPageTrickle(t *testing.T) {
+	rec := `{"s":"` + strings.Repeat("x", 768<<10) + `"}`
+	page := `{"records":[` + rec + `,1]}`
+	var got []string
+	start := time.Now()
+	_, n, err := readPage(&oneByteReader{s: page}, jsonPointer{"records"}, nil, defaultPageLimits, func(r []byte) error {
+		got = append(got, string(r))
+		return nil
+	})
+	if err != nil || n != 2 || got[0] != rec || got[1] != "1" {
+		t.Fatalf("%d records: %v", n, err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("took %v", d)
+	}
+}
+
+type oneByteReader struct{ s string }
+
+func (r *oneByteReader) Read(p []byte) (int, error) {
+	if len(r.s) == 0 {
+		return 0, io.EOF
+	}
+	p[0] = r.s[0]
+	r.s = r.s[1:]
+	return 1, nil
+}
+
+// TestSpecial8 checks the word-at-a-time test against the byte table.
+func TestSpecial8(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		for pos := 0; pos < 8; pos++ {
+			for _, fill := range []byte{'a', ' ', '~', '0', 0x7f} {
+				var w [8]byte
+				for k := range w {
+					w[k] = fill
+				}
+				w[pos] = byte(c)
+				want := false
+				for _, x := range w {
+					want = want || !jsonSafe[x]
+				}
+				if got := special8(binary.LittleEndian.Uint64(w[:])); got != want {
+					t.Fatalf("special8(%q) = %t", w, got)
+				}
+			}
+		}
+	}
 }

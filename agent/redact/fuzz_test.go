@@ -7,6 +7,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"unicode/utf8"
 )
 
 // fuzzCache keeps the last Redactor of a fuzzing worker: the fuzzer
@@ -144,4 +145,58 @@ func FuzzUnquote(f *testing.F) {
 			t.Fatalf("unquote reallocated")
 		}
 	})
+}
+
+// FuzzJSONClean: JSONClean says clean exactly when JSON would return the
+// document unchanged (on what JSONClean accepts: valid JSON, valid UTF-8,
+// the escaped strings named).
+func FuzzJSONClean(f *testing.F) {
+	f.Add([]byte("correct horse battery staple"), []byte(`{"a":"x","b":[1,2]}`), uint16(0), uint8(0))
+	f.Add([]byte("correct horse battery staple"), []byte(`{"a":"correct horse battery staple"}`), uint16(0), uint8(0))
+	f.Add([]byte("correct horse battery staple"), []byte(`{"a":"correct horse \u0062attery staple"}`), uint16(0), uint8(0))
+	f.Add([]byte("s3cr3t/p@ss+w0rd"), []byte(`{"a":"s3cr3t\/p@ss+w0rd","k":"\n"}`), uint16(0), uint8(0))
+	f.Add([]byte("12345678901"), []byte(`{"n":12345678901, "m" : [ 1 ]}`), uint16(0), uint8(0))
+	f.Add([]byte(`x", "y-secret`), []byte(`["a", "b"]`), uint16(3), uint8(1))
+	f.Fuzz(func(t *testing.T, secret, doc []byte, at uint16, how uint8) {
+		r := fuzzRedactor(t, secret)
+		if how&1 == 1 && len(doc) > 0 {
+			// Put the secret, JSON-escaped or not, inside the document.
+			form := secret
+			if how&2 == 2 {
+				form = jsonEscaped(secret, how&4 == 4)
+			}
+			doc = insertAt(doc, int(at)%(len(doc)+1), form)
+		}
+		if !json.Valid(doc) || !utf8.Valid(doc) {
+			return
+		}
+		clean := r.JSONClean(doc, escapedStrings(doc))
+		out, err := r.JSON(doc)
+		same := err == nil && bytes.Equal(out, doc)
+		if clean != same {
+			t.Fatalf("JSONClean %t, JSON unchanged %t (%v)", clean, same, err)
+		}
+	})
+}
+
+// escapedStrings returns the offsets, in pairs, of every string literal of
+// a valid JSON document that has a backslash.
+func escapedStrings(doc []byte) []int {
+	var out []int
+	for i := 0; i < len(doc); i++ {
+		if doc[i] != '"' {
+			continue
+		}
+		start, esc := i, false
+		for i++; doc[i] != '"'; i++ {
+			if doc[i] == '\\' {
+				esc = true
+				i++
+			}
+		}
+		if esc {
+			out = append(out, start, i+1)
+		}
+	}
+	return out
 }

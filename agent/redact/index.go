@@ -254,6 +254,43 @@ func (r *Redactor) find(k keys, b []byte, out []span) []span {
 	return mergeSpans(out, n0)
 }
 
+// contains reports whether b holds a pattern: find without the spans.
+// Callers hold r.mu for reading and have checked that r is not destroyed.
+func (r *Redactor) contains(k keys, b []byte) bool {
+	if len(b) < window {
+		return false
+	}
+	return len(r.short.slots) > 0 && r.scanAny(&r.short, k, b) ||
+		len(r.long.slots) > 0 && r.scanAny(&r.long, k, b)
+}
+
+// scanAny is scan stopping at the first confirmed match.
+func (r *Redactor) scanAny(t *table, k keys, b []byte) bool {
+	k0, k1, k2, k3 := k.hashKeys()
+	filter, shift, index, step := t.filter, t.shift, t.index, t.step
+	for i := 0; i+window <= len(b); i += step {
+		h := mix(binary.LittleEndian.Uint64(b[i:i+window]), k0, k1, k2, k3)
+		bit := h >> shift
+		if filter[bit>>6]&(1<<(bit&63)) == 0 {
+			continue
+		}
+		head, ok := index[h]
+		if !ok {
+			continue
+		}
+		for j := head; j != noSlot; j = t.slots[j-1].next {
+			sl := &t.slots[j-1]
+			p := &r.patterns[sl.pat]
+			start := i - int(sl.off)
+			end := start + int(p.length)
+			if start >= 0 && end <= len(b) && r.confirm(k, b[start:end], &p.tag) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func (r *Redactor) scan(t *table, k keys, b []byte, out []span) []span {
 	k0, k1, k2, k3 := k.hashKeys()
 	filter, shift, index, step := t.filter, t.shift, t.index, t.step

@@ -586,3 +586,39 @@ func TestEveryOffset(t *testing.T) {
 		}
 	}
 }
+
+// TestJSONCleanFailsClosed: spans that miss an escaped string, or raw that
+// is not UTF-8, make JSONClean answer "not clean", whatever the secret.
+func TestJSONCleanFailsClosed(t *testing.T) {
+	secret := []byte("correct horse battery staple")
+	r := newRedactor(t, secret)
+	doc := []byte(`{"a":"x\n","b":"correct horse \u0062attery staple"}`)
+	a := bytes.Index(doc, []byte(`"x`))
+	b := bytes.Index(doc, []byte(`"correct`))
+	aEnd, bEnd := a+len(`"x\n"`), b+len(`"correct horse \u0062attery staple"`)
+	if doc[aEnd-1] != '"' || doc[bEnd-1] != '"' {
+		t.Fatal("bad offsets in the test")
+	}
+	if r.JSONClean(doc, []int{a, aEnd, b, bEnd}) {
+		t.Fatal("clean with the secret in an escaped string")
+	}
+	if !r.JSONClean([]byte(`{"a":"x\n","b":"correct horse"}`), []int{a, aEnd}) {
+		t.Fatal("a clean document with exact spans is not clean")
+	}
+	for name, spans := range map[string][]int{
+		"none":      nil,
+		"one":       {a, aEnd},
+		"shifted":   {a + 1, aEnd + 1, b, bEnd},
+		"odd":       {a},
+		"past end":  {a, aEnd, b, len(doc) + 1},
+		"reversed":  {b, bEnd, a, aEnd},
+		"not quote": {a - 1, aEnd, b, bEnd},
+	} {
+		if r.JSONClean(doc, spans) {
+			t.Errorf("%s: clean", name)
+		}
+	}
+	if r.JSONClean([]byte("\"\xff\""), nil) {
+		t.Error("clean with invalid UTF-8")
+	}
+}

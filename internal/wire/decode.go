@@ -111,6 +111,15 @@ func Decode(data []byte, v any, limits Limits) error {
 	if bytes.HasPrefix(data, bom) {
 		return &DecodeError{Offset: 0, Reason: reasonBOM}
 	}
+	if c, ok := v.(*Chunk); ok && c != nil && c.Seq == 0 && c.Records == nil && !c.Final {
+		return decodeChunk(data, c, limits)
+	}
+	return decode(data, v, limits)
+}
+
+// decode is Decode after the size checks, for any v: the check, then
+// encoding/json.
+func decode(data []byte, v any, limits Limits) error {
 	rv := reflect.ValueOf(v)
 	if v == nil || rv.Kind() != reflect.Pointer || rv.IsNil() {
 		return &DecodeError{Offset: -1, Reason: reasonTarget}
@@ -164,17 +173,28 @@ type scanner struct {
 	keys     [][]byte
 	arena    []byte
 	bound    []int
+
+	// collect: note in top, per key of the top-level object, the offsets
+	// of the key literal (quotes included) and of its value, and in elems
+	// the offsets of the elements of arrays of recordsShape at depth 2
+	// (decodeChunk).
+	collect bool
+	top     []int
+	elems   []int
 }
 
 var scannerPool = sync.Pool{New: func() any { return new(scanner) }}
 
 func (s *scanner) release() {
 	s.data = nil
+	s.collect = false
+	s.top = s.top[:0]
+	s.elems = s.elems[:0]
 	clear(s.keys[:cap(s.keys)])
 	s.keys = s.keys[:0]
 	s.arena = s.arena[:0]
 	s.bound = s.bound[:0]
-	if cap(s.arena) > 64<<10 || cap(s.keys) > 4096 {
+	if cap(s.arena) > 64<<10 || cap(s.keys) > 4096 || cap(s.elems) > 1<<16 {
 		return // do not keep a large buffer alive in the pool
 	}
 	scannerPool.Put(s)
@@ -422,10 +442,15 @@ func (s *scanner) array(i int, sh *shape, depth int) (int, error) {
 	if i < len(s.data) && s.data[i] == ']' {
 		return i + 1, nil
 	}
+	collect := s.collect && depth == 2 && sh == recordsShape
 	for {
 		var err error
+		start := s.skipSpace(i)
 		if i, err = s.value(i, elem, depth); err != nil {
 			return i, err
+		}
+		if collect {
+			s.elems = append(s.elems, start, i)
 		}
 		i = s.skipSpace(i)
 		if i >= len(s.data) {
@@ -515,8 +540,12 @@ func (s *scanner) object(i int, sh *shape, depth int) (end int, err error) {
 		if s.data[i] != ':' {
 			return i, fail(i, reasonChar)
 		}
+		valStart := s.skipSpace(i + 1)
 		if i, err = s.value(i+1, child, depth); err != nil {
 			return i, err
+		}
+		if s.collect && depth == 1 {
+			s.top = append(s.top, keyOff, next, valStart, i)
 		}
 		i = s.skipSpace(i)
 		if i >= len(s.data) {
