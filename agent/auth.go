@@ -19,17 +19,26 @@ import (
 )
 
 // secret resolves one credential of the task's scheme into locked memory.
-// The envelope was checked, so the reference parses and names this entry.
 func (t *taskRun) secret(field string) (*memguard.LockedBuffer, error) {
+	enc, err := t.sealedSecret(field)
+	if err != nil {
+		return nil, err
+	}
+	return enc.Open()
+}
+
+// sealedSecret finds one credential of the task's scheme, still sealed.
+// The envelope was checked, so the reference parses and names this entry.
+func (t *taskRun) sealedSecret(field string) (*secmem.Sealed, error) {
 	ref, err := vault.ParseRef(t.env.Auth.Credentials[field])
 	if err != nil {
 		return nil, invalid("auth.credentials.%s: %v", field, err)
 	}
-	b, err := t.st.vs.Vault.Resolve(ref)
+	enc, err := t.st.vs.Vault.Sealed(ref)
 	if err != nil {
 		return nil, fail(wire.ErrVaultReferenceMissing, "%v", err)
 	}
-	return b, nil
+	return enc, nil
 }
 
 // authorize adds the scheme's credentials to req. net/http takes header
@@ -62,14 +71,16 @@ func (t *taskRun) authorize(ctx context.Context, req *http.Request) error {
 	return invalid("auth scheme %s does not apply to HTTP", t.env.Auth.Scheme)
 }
 
+// The value is opened into the task's scratch memory (t.mem), not into
+// fresh locked pages: a sync sets the header on every page, and mapping,
+// locking and unmapping pages each time was a large share of the agent's
+// CPU (docs/BENCHMARKS.md). f must not call withSecret: calls take turns.
 func (t *taskRun) withSecret(field string, f func([]byte)) error {
-	b, err := t.secret(field)
+	enc, err := t.sealedSecret(field)
 	if err != nil {
 		return err
 	}
-	defer b.Destroy()
-	eraseAfter(func() { f(b.Bytes()) })
-	return nil
+	return t.mem.With(enc, func(b []byte) { eraseAfter(func() { f(b) }) })
 }
 
 // tokenCache keeps OAuth2 access tokens sealed until 60 s before they

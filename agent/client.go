@@ -53,6 +53,10 @@ type client struct {
 	http      *http.Client
 	userAgent string
 	token     *secmem.Sealed
+	// tokenMem is where the token is opened for each request: opening it
+	// into fresh locked pages every time cost a quarter of the agent's CPU
+	// during a large sync (docs/BENCHMARKS.md).
+	tokenMem secmem.Scratch
 
 	mu      sync.Mutex
 	agentID string
@@ -110,6 +114,16 @@ func newClient(base string, tlsCfg *tls.Config, token *secmem.Sealed, version st
 	}
 }
 
+// authorize sets the agent token as req's bearer. net/http takes header
+// values as Go strings: the token has a heap copy per request (SECURITY.md
+// lists it); its plaintext is otherwise only in locked memory, and only
+// while the header is built.
+func (c *client) authorize(req *http.Request) error {
+	return c.tokenMem.With(c.token, func(tok []byte) {
+		eraseAfter(func() { req.Header.Set("Authorization", "Bearer "+string(tok)) })
+	})
+}
+
 func (c *client) setAgentID(id string) {
 	c.mu.Lock()
 	c.agentID = id
@@ -157,14 +171,9 @@ func (c *client) do(ctx context.Context, method, path string, in, out any) (int,
 	if id := c.id(); id != "" {
 		req.Header.Set(wire.HeaderAgentID, id)
 	}
-	// net/http takes header values as Go strings: the bearer token has a
-	// heap copy per request (SECURITY.md lists it).
-	tok, err := c.token.Open()
-	if err != nil {
+	if err := c.authorize(req); err != nil {
 		return 0, err
 	}
-	eraseAfter(func() { req.Header.Set("Authorization", "Bearer "+string(tok.Bytes())) })
-	tok.Destroy()
 
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -273,12 +282,9 @@ func (c *client) stream(ctx context.Context, rawURL string, limit int64) (int, i
 	if id := c.id(); id != "" {
 		req.Header.Set(wire.HeaderAgentID, id)
 	}
-	tok, err := c.token.Open()
-	if err != nil {
+	if err := c.authorize(req); err != nil {
 		return 0, nil, err
 	}
-	eraseAfter(func() { req.Header.Set("Authorization", "Bearer "+string(tok.Bytes())) })
-	tok.Destroy()
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if isTLSError(err) {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rapidvalue/tier3-agent/internal/secmem"
 	"github.com/rapidvalue/tier3-agent/internal/wire"
 )
 
@@ -51,6 +52,9 @@ type taskRun struct {
 	// when a chunk is answered 409 or 410 (chunks.go). Nil until runTask
 	// sets it.
 	cancel context.CancelCauseFunc
+	// mem is where withSecret opens the task's credentials; released
+	// when the task ends.
+	mem secmem.Scratch
 }
 
 func lenientTaskID(raw []byte) string {
@@ -67,6 +71,7 @@ func (a *Agent) runTask(ctx context.Context, raw []byte) {
 	var env wire.Envelope
 	st := a.state.Load()
 	t := &taskRun{a: a, env: &env, st: st, start: a.clock.Now()}
+	defer t.mem.Destroy()
 	if err := wire.Decode(raw, &env, wire.Limits{}); err != nil {
 		env.TaskID = lenientTaskID(raw)
 		if env.TaskID == "" {

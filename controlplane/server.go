@@ -290,7 +290,18 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, int,
 	if r.ContentLength > limit {
 		return nil, http.StatusRequestEntityTooLarge, errors.New("body too large")
 	}
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	body := http.MaxBytesReader(w, r.Body, limit)
+	var b []byte
+	var err error
+	if r.ContentLength >= 0 {
+		// The length is known (and net/http holds the client to it): one
+		// allocation of the right size, where ReadAll would grow and copy
+		// its way there, for every chunk of a large sync.
+		b = make([]byte, r.ContentLength)
+		_, err = io.ReadFull(body, b)
+	} else {
+		b, err = io.ReadAll(body)
+	}
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {

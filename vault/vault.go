@@ -313,6 +313,16 @@ func (v *Vault) AgentSecret(field string) (*memguard.LockedBuffer, error) {
 }
 
 func (v *Vault) resolve(r Ref) (*memguard.LockedBuffer, error) {
+	enc, err := v.Sealed(r)
+	if err != nil {
+		return nil, err
+	}
+	return enc.Open()
+}
+
+// Sealed returns the value r names still sealed, for a caller that opens
+// it often (into a secmem.Scratch), or ErrMissing.
+func (v *Vault) Sealed(r Ref) (*secmem.Sealed, error) {
 	e := v.Entry(r.BusinessID)
 	if e == nil {
 		return nil, fmt.Errorf("%w: no entry %q", ErrMissing, r.BusinessID)
@@ -336,7 +346,7 @@ func (v *Vault) resolve(r Ref) (*memguard.LockedBuffer, error) {
 	if enc == nil {
 		return nil, fmt.Errorf("%w: %s/%s has no v%d", ErrMissing, r.BusinessID, r.Field, r.Version)
 	}
-	return enc.Open()
+	return enc, nil
 }
 
 // Each calls fn with every secret value of the vault (identifier fields
