@@ -99,12 +99,19 @@ func newClient(base string, tlsCfg *tls.Config, token *secmem.Sealed, version st
 	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		TLSClientConfig:       tlsCfg,
-		ForceAttemptHTTP2:     true,
 		DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSHandshakeTimeout:   15 * time.Second,
 		ResponseHeaderTimeout: 0, // long polls: each request has its own deadline
 		MaxIdleConnsPerHost:   8,
 		IdleConnTimeout:       90 * time.Second,
+		// HTTP/1.1 (PROTOCOL.md allows either): a chunk upload is one
+		// write through 64 KiB buffers, where HTTP/2 frames, flow-controls
+		// and hands each body between goroutines on both ends. The
+		// long-poll, heartbeats and uploads each hold their own
+		// connection; there are a few, reused.
+		ForceAttemptHTTP2: false,
+		WriteBufferSize:   64 << 10,
+		ReadBufferSize:    64 << 10,
 	}
 	return &client{
 		base:      base + wire.APIPrefix,

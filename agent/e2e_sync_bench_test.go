@@ -4,6 +4,7 @@ package agent_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -16,6 +17,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -78,7 +80,11 @@ func TestSyncBenchmark(t *testing.T) {
 func benchREST(t *testing.T, n int, kind string, perPage int, row func(string, ...any)) {
 	t.Run(fmt.Sprintf("rest-%s-%d", kind, n), func(t *testing.T) {
 		src := &pagedSource{total: n, perPage: perPage, kind: kind, secretAt: -1}
-		e, tg := syncEnv(t, src)
+		// The control plane checks each record as it arrives and keeps
+		// none: holding 100 MB of records would charge this process's
+		// page faults to the agent's row.
+		check := &orderCheck{}
+		e, tg := syncEnvWith(t, src, controlplane.Config{MaxTaskBytes: 1 << 30, Records: check.records})
 		desc := fmt.Sprintf("pages of %d, json_url", perPage)
 		if kind == "none" {
 			desc = "one page, a bare array"
@@ -122,6 +128,9 @@ func benchREST(t *testing.T, n int, kind string, perPage int, row func(string, .
 			full, _ := e.cp.Admin.Task(context.Background(), id)
 			t.Fatalf("state %s, %d records: %+v", ti.State, ti.Records, full.Result)
 		}
+		if err := check.result(n); err != nil {
+			t.Fatal(err)
+		}
 		e.stop()
 		row("| REST direct read (%s, %.0f MB of pages) | %d | %.2f s | %.0f | | | harness %.2f s |", desc, float64(pageBytes)/1e6, n, dd.Seconds(), float64(n)/dd.Seconds(), dcpu.Seconds())
 		row("| REST http.sync through the agent (%s, chunks of %d) | %d | %.2f s | %.0f | %.1f MiB | %.0f%% | agent %.2f s, harness %.2f s |", desc, chunk, n, ad.Seconds(), float64(n)/ad.Seconds(), float64(hwm)/(1<<20), 100*dd.Seconds()/ad.Seconds(), acpu.Seconds(), scpu.Seconds())
@@ -156,6 +165,39 @@ func (e *env) syncBenchResult(id string, limit time.Duration) controlplane.TaskI
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// orderCheck is the benchmark's record sink in the control plane
+// (controlplane.Config.Records): record k of the task must be record k of
+// the pagedSource, whose records start {"id":k, (every record exactly
+// once, in order).
+type orderCheck struct {
+	mu     sync.Mutex
+	next   int
+	prefix []byte
+	err    error
+}
+
+func (c *orderCheck) records(_ string, _ int64, recs []json.RawMessage) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range recs {
+		c.prefix = strconv.AppendInt(append(c.prefix[:0], `{"id":`...), int64(c.next), 10)
+		c.prefix = append(c.prefix, ',')
+		if c.err == nil && !bytes.HasPrefix(r, c.prefix) {
+			c.err = fmt.Errorf("record %d is %.40s…", c.next, r)
+		}
+		c.next++
+	}
+}
+
+func (c *orderCheck) result(n int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil && c.next != n {
+		c.err = fmt.Errorf("the control plane got %d records, want %d", c.next, n)
+	}
+	return c.err
 }
 
 // procCPU returns the CPU time (user + system) a process has used.

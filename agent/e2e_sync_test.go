@@ -159,7 +159,12 @@ func syncRequest(kind string) map[string]any {
 // source, and a control plane that stores large syncs.
 func syncEnv(t *testing.T, src *pagedSource) (*env, *target) {
 	t.Helper()
-	e := newEnv(t, controlplane.Config{MaxTaskBytes: 1 << 30})
+	return syncEnvWith(t, src, controlplane.Config{MaxTaskBytes: 1 << 30})
+}
+
+func syncEnvWith(t *testing.T, src *pagedSource, cfg controlplane.Config) (*env, *target) {
+	t.Helper()
+	e := newEnv(t, cfg)
 	tg := e.newTarget(src.ServeHTTP)
 	e.vaultIn(e2eSecrets["bearer"], "set", "crm", "token")
 	e.vault("bind", "crm", tg.URL)

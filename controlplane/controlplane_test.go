@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -1028,5 +1029,37 @@ func TestTokensHashed(t *testing.T) {
 		if _, err := ts.Admin.CreateToken(ctx, req); !isAdminStatus(err, http.StatusBadRequest) {
 			t.Errorf("%+v: %v", req, err)
 		}
+	}
+}
+
+// With Config.Records the records go to the callback, once per accepted
+// chunk and in seq order, and the control plane keeps only the counts.
+func TestRecordsCallback(t *testing.T) {
+	var got []string
+	ts, _ := start(t, Config{Records: func(taskID string, seq int64, records []json.RawMessage) {
+		for _, r := range records {
+			got = append(got, fmt.Sprintf("%s/%d/%s", taskID[:4], seq, r))
+		}
+	}})
+	a := newAgent(t, ts, CreateTokenRequest{}, nil)
+	a.register(nil)
+	id := enqueue(t, ts, sampleEnvelope(), EnqueueOptions{}) // chunk_size 2
+	a.poll(0)
+	path := "/tasks/" + id + "/chunks"
+	wantStatus(t, "seq 0", a.do("POST", path, wire.Chunk{Seq: 0, Records: rec(`{"id":1}`, `{"id":2}`)}), http.StatusOK)
+	wantStatus(t, "seq 0 again", a.do("POST", path, wire.Chunk{Seq: 0, Records: rec(`{"id":1}`, `{"id":2}`)}), http.StatusOK)
+	wantStatus(t, "seq 2 (gap)", a.do("POST", path, wire.Chunk{Seq: 2, Records: rec(`{"id":5}`)}), http.StatusBadRequest)
+	wantStatus(t, "seq 1 final", a.do("POST", path, wire.Chunk{Seq: 1, Records: rec(`{"id":3}`), Final: true}), http.StatusOK)
+
+	want := []string{"tsk_/0/{\"id\":1}", "tsk_/0/{\"id\":2}", "tsk_/1/{\"id\":3}"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("callback got %q, want %q", got, want)
+	}
+	ti, err := ts.Admin.Task(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ti.Records != 3 || ti.NextSeq != 2 || !ti.Final || ti.Chunks != nil {
+		t.Fatalf("task %+v", ti)
 	}
 }

@@ -71,6 +71,15 @@ type Config struct {
 	// MaxTaskBytes caps the chunk bytes stored for one task; a chunk past
 	// it is answered 413. Default 256 MiB.
 	MaxTaskBytes int64
+	// Records, when set, receives the records of every chunk the control
+	// plane accepts, once each, in seq order, and the control plane then
+	// keeps none of them: the admin API shows a task's counts but no
+	// chunks. For a consumer that streams results on (and for the sync
+	// benchmark, where holding 100 MB of records in this process would
+	// charge its page faults to the agent's figures). It is called with
+	// the server's lock held, so it must not call the server; the records
+	// are valid only during the call.
+	Records func(taskID string, seq int64, records []json.RawMessage)
 	// MaxReleaseBytes caps a release binary; default 256 MiB.
 	MaxReleaseBytes int64
 	// MaxEvents is how many events are kept (up to a tenth more between

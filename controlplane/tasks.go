@@ -207,7 +207,11 @@ func (s *Server) handleChunk(w http.ResponseWriter, r *http.Request, c *caller) 
 		if ch.Records == nil {
 			ch.Records = []json.RawMessage{}
 		}
-		t.chunks = append(t.chunks, ch)
+		if s.cfg.Records != nil {
+			s.cfg.Records(id, ch.Seq, ch.Records)
+		} else {
+			t.chunks = append(t.chunks, ch)
+		}
 		t.chunkBytes += size
 		t.nextSeq++
 		t.records += int64(len(ch.Records))
