@@ -15,9 +15,11 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -37,7 +39,8 @@ import (
 // RV_SYNC_BENCH_SIZES (default 10000,100000,1000000) picks the REST sizes;
 // RV_SYNC_BENCH_CHUNK sets the REST tasks' chunk_size (default: none, so
 // the agent's 500); RV_SYNC_BENCH_LDAP=0 leaves out the LDAP rows (they
-// need slapd).
+// need slapd); RV_SYNC_BENCH_PLACEMENT=shared or isolated runs one
+// placement of the two (placements).
 //
 // Each agent run is a fresh `tier3-agent run` process; its peak RSS is the
 // kernel's VmHWM for the process (/proc/PID/status), read once the task
@@ -65,25 +68,27 @@ func TestSyncBenchmark(t *testing.T) {
 	}
 	row("| what | records | time | records/s | agent peak RSS (VmHWM) | vs direct | CPU time |")
 	row("|---|---|---|---|---|---|---|")
-	for _, n := range sizes {
-		benchREST(t, n, "json_url", 2_000, row)
-	}
-	benchREST(t, sizes[len(sizes)-1], "none", 0, row)
-	if os.Getenv("RV_SYNC_BENCH_LDAP") != "0" {
-		benchLDAP(t, 100_000, row)
+	for _, pl := range placements(t) {
+		for _, n := range sizes {
+			benchREST(t, pl, n, "json_url", 2_000, row)
+		}
+		benchREST(t, pl, sizes[len(sizes)-1], "none", 0, row)
+		if os.Getenv("RV_SYNC_BENCH_LDAP") != "0" {
+			benchLDAP(t, pl, 100_000, row)
+		}
 	}
 	fmt.Println(strings.Join(rows, "\n"))
 }
 
 // benchREST syncs n records from a paged source, directly and through the
 // agent.
-func benchREST(t *testing.T, n int, kind string, perPage int, row func(string, ...any)) {
-	t.Run(fmt.Sprintf("rest-%s-%d", kind, n), func(t *testing.T) {
+func benchREST(t *testing.T, pl placement, n int, kind string, perPage int, row func(string, ...any)) {
+	t.Run(fmt.Sprintf("rest-%s-%d-%s", kind, n, pl.name), func(t *testing.T) {
 		src := &pagedSource{total: n, perPage: perPage, kind: kind, secretAt: -1}
 		// The control plane checks each record as it arrives and keeps
 		// none: holding 100 MB of records would charge this process's
 		// page faults to the agent's row.
-		check := &orderCheck{}
+		check := &orderCheck{want: n}
 		e, tg := syncEnvWith(t, src, controlplane.Config{MaxTaskBytes: 1 << 30, Records: check.records})
 		desc := fmt.Sprintf("pages of %d, json_url", perPage)
 		if kind == "none" {
@@ -100,12 +105,14 @@ func benchREST(t *testing.T, n int, kind string, perPage int, row func(string, .
 			}
 			return time.Since(start), bytes
 		}
+		pl.pinHarness(t)
 		direct() // warm the target's code paths and the connection pool
 		c0 := selfCPU()
 		dd, pageBytes := direct()
 		dcpu := selfCPU() - c0
 
 		e.start()
+		pl.pinAgent(t, e.cmd.Process.Pid)
 		e.waitFor("registration", 30*time.Second, func() bool {
 			return strings.Contains(e.out.String(), `"msg":"registered"`)
 		})
@@ -117,23 +124,29 @@ func benchREST(t *testing.T, n int, kind string, perPage int, row func(string, .
 			env["chunk_size"] = chunk
 		}
 		pid := e.cmd.Process.Pid
+		sync := func() time.Duration {
+			check.reset()
+			start := time.Now()
+			id := e.enqueue(env)
+			ti := e.syncBenchResult(id, 30*time.Minute)
+			if ti.State != controlplane.TaskCompleted || ti.Records != int64(n) {
+				full, _ := e.cp.Admin.Task(context.Background(), id)
+				t.Fatalf("state %s, %d records: %+v", ti.State, ti.Records, full.Result)
+			}
+			all, err := check.result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return all.Sub(start)
+		}
+		sync() // warm up as the direct read did: connections, code paths
 		a0, s0 := procCPU(t, pid), selfCPU()
-		start := time.Now()
-		id := e.enqueue(env)
-		ti := e.syncBenchResult(id, 30*time.Minute)
-		ad := time.Since(start)
+		ad := sync()
 		acpu, scpu := procCPU(t, pid)-a0, selfCPU()-s0
 		hwm := vmHWM(t, pid)
-		if ti.State != controlplane.TaskCompleted || ti.Records != int64(n) {
-			full, _ := e.cp.Admin.Task(context.Background(), id)
-			t.Fatalf("state %s, %d records: %+v", ti.State, ti.Records, full.Result)
-		}
-		if err := check.result(n); err != nil {
-			t.Fatal(err)
-		}
 		e.stop()
-		row("| REST direct read (%s, %.0f MB of pages) | %d | %.2f s | %.0f | | | harness %.2f s |", desc, float64(pageBytes)/1e6, n, dd.Seconds(), float64(n)/dd.Seconds(), dcpu.Seconds())
-		row("| REST http.sync through the agent (%s, chunks of %d) | %d | %.2f s | %.0f | %.1f MiB | %.0f%% | agent %.2f s, harness %.2f s |", desc, chunk, n, ad.Seconds(), float64(n)/ad.Seconds(), float64(hwm)/(1<<20), 100*dd.Seconds()/ad.Seconds(), acpu.Seconds(), scpu.Seconds())
+		row("| REST direct read (%s, %.0f MB of pages; %s) | %d | %.2f s | %.0f | | | harness %.2f s |", desc, float64(pageBytes)/1e6, pl.desc, n, dd.Seconds(), float64(n)/dd.Seconds(), dcpu.Seconds())
+		row("| REST http.sync through the agent (%s, chunks of %d; %s) | %d | %.2f s | %.0f | %.1f MiB | %.0f%% | agent %.2f s, harness %.2f s |", desc, chunk, pl.desc, n, ad.Seconds(), float64(n)/ad.Seconds(), float64(hwm)/(1<<20), 100*dd.Seconds()/ad.Seconds(), acpu.Seconds(), scpu.Seconds())
 	})
 }
 
@@ -167,15 +180,77 @@ func (e *env) syncBenchResult(id string, limit time.Duration) controlplane.TaskI
 	}
 }
 
+// A placement says which CPUs the processes of a run may use.
+//
+//   - shared: all of them, as the kernel schedules it. The agent competes
+//     with the target, the control plane and slapd for the cores, which on
+//     the customer's side sit on other machines.
+//   - isolated: the agent on the last CPU, everything else (this test
+//     process: target, control plane and direct reader; slapd; ldapsearch)
+//     on the others. The agent has a core of its own, as on its host, and
+//     the baseline and the agent's run give the outside world the same
+//     cores; the agent's run charges them the control plane's work too.
+type placement struct {
+	name, desc     string
+	harness, agent string // taskset CPU lists; agent "": as the harness
+}
+
+func placements(t *testing.T) []placement {
+	n := runtime.NumCPU()
+	all := fmt.Sprintf("0-%d", n-1)
+	shared := placement{name: "shared", desc: fmt.Sprintf("all %d CPUs shared", n), harness: all}
+	isolated := placement{name: "isolated", desc: fmt.Sprintf("agent on CPU %d, the rest on 0-%d", n-1, n-2),
+		harness: fmt.Sprintf("0-%d", n-2), agent: strconv.Itoa(n - 1)}
+	want := os.Getenv("RV_SYNC_BENCH_PLACEMENT")
+	var out []placement
+	if want == "" || want == "shared" {
+		out = append(out, shared)
+	}
+	if want == "" || want == "isolated" {
+		if _, err := exec.LookPath("taskset"); err != nil || n < 2 {
+			t.Logf("the isolated placement needs 2 CPUs and taskset: skipped")
+		} else {
+			out = append(out, isolated)
+		}
+	}
+	return out
+}
+
+// pinHarness moves this test process (every thread), and the other given
+// processes, to the harness's CPUs.
+func (pl placement) pinHarness(t *testing.T, pids ...int) {
+	for _, pid := range append([]int{os.Getpid()}, pids...) {
+		taskset(t, pid, pl.harness)
+	}
+}
+
+// pinAgent moves the agent (every thread) to its CPUs, if it has its own.
+func (pl placement) pinAgent(t *testing.T, pid int) {
+	if pl.agent != "" {
+		taskset(t, pid, pl.agent)
+	}
+}
+
+func taskset(t *testing.T, pid int, cpus string) {
+	t.Helper()
+	if out, err := exec.Command("taskset", "-a", "-cp", cpus, strconv.Itoa(pid)).CombinedOutput(); err != nil {
+		t.Fatalf("taskset %s %d: %v: %s", cpus, pid, err, out)
+	}
+}
+
 // orderCheck is the benchmark's record sink in the control plane
 // (controlplane.Config.Records): record k of the task must be record k of
 // the pagedSource, whose records start {"id":k, (every record exactly
 // once, in order).
 type orderCheck struct {
 	mu     sync.Mutex
+	want   int
 	next   int
 	prefix []byte
 	err    error
+	// all is when the last record arrived: the end of the agent's run
+	// (polling the admin API for the result would add up to its interval).
+	all time.Time
 }
 
 func (c *orderCheck) records(_ string, _ int64, recs []json.RawMessage) {
@@ -189,15 +264,25 @@ func (c *orderCheck) records(_ string, _ int64, recs []json.RawMessage) {
 		}
 		c.next++
 	}
+	if c.next == c.want {
+		c.all = time.Now()
+	}
 }
 
-func (c *orderCheck) result(n int) error {
+func (c *orderCheck) reset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.err == nil && c.next != n {
-		c.err = fmt.Errorf("the control plane got %d records, want %d", c.next, n)
+	c.next, c.err, c.all = 0, nil, time.Time{}
+}
+
+// result returns when the last record arrived, or why not all did.
+func (c *orderCheck) result() (time.Time, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil && c.next != c.want {
+		c.err = fmt.Errorf("the control plane got %d records, want %d", c.next, c.want)
 	}
-	return c.err
+	return c.all, c.err
 }
 
 // procCPU returns the CPU time (user + system) a process has used.
@@ -328,12 +413,16 @@ func (c *countingReader) Read(p []byte) (int, error) {
 
 // benchLDAP syncs the people of a directory of n users, with ldapsearch
 // and through the agent.
-func benchLDAP(t *testing.T, n int, row func(string, ...any)) {
-	t.Run(fmt.Sprintf("ldap-%d", n), func(t *testing.T) {
+func benchLDAP(t *testing.T, pl placement, n int, row func(string, ...any)) {
+	t.Run(fmt.Sprintf("ldap-%d-%s", n, pl.name), func(t *testing.T) {
 		ldapsearch := testbin.Tool(t, "ldapsearch")
 		bindPW := e2eSecrets["basic_pw"]
-		e := newEnv(t, controlplane.Config{MaxTaskBytes: 1 << 30})
+		var got atomic.Int64 // records counted by the control plane, which keeps none (benchREST)
+		e := newEnv(t, controlplane.Config{MaxTaskBytes: 1 << 30, Records: func(_ string, _ int64, recs []json.RawMessage) {
+			got.Add(int64(len(recs)))
+		}})
 		dir := slapdtest.Start(t, slapdtest.Options{Suffix: ldapSuffix, CA: e.targetCA(), LDIF: ldapDirectory(n, -1, bindPW, "ldap://127.0.0.1:9")})
+		pl.pinHarness(t, dir.Pid())
 		base := "ou=people," + ldapSuffix
 		filter := "(objectClass=inetOrgPerson)"
 
@@ -380,6 +469,7 @@ func benchLDAP(t *testing.T, n int, row func(string, ...any)) {
 			e.vars["GOGC"] = g
 		}
 		e.start()
+		pl.pinAgent(t, e.cmd.Process.Pid)
 		e.waitFor("registration", 30*time.Second, func() bool {
 			return strings.Contains(e.out.String(), `"msg":"registered"`)
 		})
@@ -393,11 +483,11 @@ func benchLDAP(t *testing.T, n int, row func(string, ...any)) {
 		ad := time.Since(start)
 		acpu, scpu := procCPU(t, pid)-a0, selfCPU()-s0
 		hwm := vmHWM(t, pid)
-		if ti.State != controlplane.TaskCompleted || ti.Records != int64(n) {
-			t.Fatalf("state %s, %d records", ti.State, ti.Records)
+		if ti.State != controlplane.TaskCompleted || ti.Records != int64(n) || got.Load() != int64(n) {
+			t.Fatalf("state %s, %d records (%d received)", ti.State, ti.Records, got.Load())
 		}
 		e.stop()
-		row("| LDAP `ldapsearch -E pr=500/noprompt` over ldaps, LDIF to a pipe | %d | %.2f s | %.0f | | | harness %.2f s |", n, sd.Seconds(), float64(n)/sd.Seconds(), scpu0.Seconds())
-		row("| LDAP ldap.search through the agent (page_size 500, chunks of 500) | %d | %.2f s | %.0f | %.1f MiB | %.0f%% | agent %.2f s, harness %.2f s |", n, ad.Seconds(), float64(n)/ad.Seconds(), float64(hwm)/(1<<20), 100*sd.Seconds()/ad.Seconds(), acpu.Seconds(), scpu.Seconds())
+		row("| LDAP `ldapsearch -E pr=500/noprompt` over ldaps, LDIF to a pipe (%s) | %d | %.2f s | %.0f | | | harness %.2f s |", pl.desc, n, sd.Seconds(), float64(n)/sd.Seconds(), scpu0.Seconds())
+		row("| LDAP ldap.search through the agent (page_size 500, chunks of 500; %s) | %d | %.2f s | %.0f | %.1f MiB | %.0f%% | agent %.2f s, harness %.2f s |", pl.desc, n, ad.Seconds(), float64(n)/ad.Seconds(), float64(hwm)/(1<<20), 100*sd.Seconds()/ad.Seconds(), acpu.Seconds(), scpu.Seconds())
 	})
 }

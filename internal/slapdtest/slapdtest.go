@@ -279,6 +279,9 @@ func (s *Server) start(slapd, conf string) error {
 // Output returns what slapd printed.
 func (s *Server) Output() string { return s.out.String() }
 
+// Pid is slapd's process ID.
+func (s *Server) Pid() int { return s.cmd.Process.Pid }
+
 // Stop stops slapd (idempotent).
 func (s *Server) Stop() {
 	childproc.Stop(s.cmd.Process, s.done, 10*time.Second)
