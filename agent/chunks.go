@@ -152,13 +152,8 @@ func (s *recordStream) start(b []byte) []byte {
 // it. An error ends the stream: the task must stop (errLeaseLost and
 // errCancelled have already cancelled it).
 func (s *recordStream) add(raw []byte) error {
-	if s.closed {
-		return errors.New("record stream used after close")
-	}
-	select {
-	case <-s.done:
-		return s.senderErr()
-	default:
+	if err := s.open(); err != nil {
+		return err
 	}
 	rec, err := s.encode(raw)
 	if err != nil {
@@ -170,6 +165,19 @@ func (s *recordStream) add(raw []byte) error {
 // addRecord is add for a record that the page scanner has read (and
 // compacted and checked on the way): see encodeRecord.
 func (s *recordStream) addRecord(pr *pageRecord) error {
+	if err := s.open(); err != nil {
+		return err
+	}
+	rec, err := s.encodeRecord(pr)
+	if err != nil {
+		return err
+	}
+	return s.put(rec)
+}
+
+// open reports why the stream takes no more records: closed, or its
+// sender has stopped.
+func (s *recordStream) open() error {
 	if s.closed {
 		return errors.New("record stream used after close")
 	}
@@ -177,12 +185,8 @@ func (s *recordStream) addRecord(pr *pageRecord) error {
 	case <-s.done:
 		return s.senderErr()
 	default:
+		return nil
 	}
-	rec, err := s.encodeRecord(pr)
-	if err != nil {
-		return err
-	}
-	return s.put(rec)
 }
 
 // put buffers rec (encoded, checked), posting the chunk when it is full.

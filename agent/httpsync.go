@@ -21,8 +21,8 @@ func init() { methods[wire.MethodHTTPSync] = httpSync{} }
 // Memory: a page is decoded as a stream (syncpage.go), one record at a
 // time, so the agent holds the scanner's buffer (the record being read:
 // at most about twice the 1 MiB record limit), the chunk being filled and
-// the chunk in flight: about 4 MiB at most, whatever the size of a page or
-// of the sync.
+// the chunk in flight: a few MiB, bounded by the 1 MiB record limit,
+// whatever the size of a page or of the sync.
 //
 // Limits: one record (and any single JSON value of a page) at most 1 MiB;
 // one page at most 4 GiB (decompressed), which only time bounds, and

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/rapidvalue/tier3-agent/agent/redact"
 )
 
 // The page decoder of http.sync: it streams the records of one page out of
@@ -598,40 +600,31 @@ func (d *pageDecoder) Token() (token, error) {
 			return token{}, err
 		}
 		switch c {
-		case '[':
+		case '[', '{':
 			if !d.tokenValueAllowed() {
 				return token{}, d.syntaxAt(d.scanp)
 			}
 			d.scanp++
 			d.tokenStack = append(d.tokenStack, d.tokenState)
-			d.tokenState = tokenArrayStart
-			return token{kind: tokArrayStart}, nil
-		case ']':
-			if d.tokenState != tokenArrayStart && d.tokenState != tokenArrayComma {
-				return token{}, d.syntaxAt(d.scanp)
+			if c == '[' {
+				d.tokenState = tokenArrayStart
+				return token{kind: tokArrayStart}, nil
 			}
-			d.scanp++
-			d.tokenState = d.tokenStack[len(d.tokenStack)-1]
-			d.tokenStack = d.tokenStack[:len(d.tokenStack)-1]
-			d.tokenValueEnd()
-			return token{kind: tokArrayEnd}, nil
-		case '{':
-			if !d.tokenValueAllowed() {
-				return token{}, d.syntaxAt(d.scanp)
-			}
-			d.scanp++
-			d.tokenStack = append(d.tokenStack, d.tokenState)
 			d.tokenState = tokenObjectStart
 			return token{kind: tokObjectStart}, nil
-		case '}':
-			if d.tokenState != tokenObjectStart && d.tokenState != tokenObjectComma {
+		case ']', '}':
+			start, comma, kind := tokenArrayStart, tokenArrayComma, tokArrayEnd
+			if c == '}' {
+				start, comma, kind = tokenObjectStart, tokenObjectComma, tokObjectEnd
+			}
+			if d.tokenState != start && d.tokenState != comma {
 				return token{}, d.syntaxAt(d.scanp)
 			}
 			d.scanp++
 			d.tokenState = d.tokenStack[len(d.tokenStack)-1]
 			d.tokenStack = d.tokenStack[:len(d.tokenStack)-1]
 			d.tokenValueEnd()
-			return token{kind: tokObjectEnd}, nil
+			return token{kind: kind}, nil
 		case ':':
 			if d.tokenState != tokenObjectColon {
 				return token{}, d.syntaxAt(d.scanp)
@@ -1280,57 +1273,5 @@ func unquoteJSON(s []byte) string {
 	if bytes.IndexByte(s, '\\') < 0 && utf8.Valid(s) {
 		return string(s)
 	}
-	dst := make([]byte, 0, len(s)+8)
-	for i := 0; i < len(s); {
-		c := s[i]
-		switch {
-		case c == '\\':
-			i++
-			switch e := s[i]; e {
-			case 'b':
-				dst = append(dst, '\b')
-			case 'f':
-				dst = append(dst, '\f')
-			case 'n':
-				dst = append(dst, '\n')
-			case 'r':
-				dst = append(dst, '\r')
-			case 't':
-				dst = append(dst, '\t')
-			case 'u':
-				rr := hexRune(s[i+1 : i+5])
-				i += 4
-				if utf16.IsSurrogate(rr) {
-					if i+6 < len(s) && s[i+1] == '\\' && s[i+2] == 'u' && isHex4(s[i+3:i+7]) {
-						if d := utf16.DecodeRune(rr, hexRune(s[i+3:i+7])); d != utf8.RuneError {
-							dst = utf8.AppendRune(dst, d)
-							i += 7
-							continue
-						}
-					}
-					rr = utf8.RuneError
-				}
-				dst = utf8.AppendRune(dst, rr)
-			default: // '"', '\\', '/'
-				dst = append(dst, e)
-			}
-			i++
-		case c < utf8.RuneSelf:
-			dst = append(dst, c)
-			i++
-		default:
-			rr, size := utf8.DecodeRune(s[i:])
-			if rr == utf8.RuneError && size == 1 {
-				dst = utf8.AppendRune(dst, utf8.RuneError)
-			} else {
-				dst = append(dst, s[i:i+size]...)
-			}
-			i += size
-		}
-	}
-	return string(dst)
-}
-
-func isHex4(h []byte) bool {
-	return len(h) == 4 && isHex(h[0]) && isHex(h[1]) && isHex(h[2]) && isHex(h[3])
+	return string(redact.Unquote(make([]byte, 0, 3*len(s)), s))
 }

@@ -137,9 +137,9 @@ func FuzzUnquote(f *testing.F) {
 		if err := json.Unmarshal(lit, &want); err != nil {
 			t.Fatal(err)
 		}
-		got := unquote(make([]byte, 0, 3*len(s)), s)
+		got := Unquote(make([]byte, 0, 3*len(s)), s)
 		if string(got) != want {
-			t.Fatalf("unquote(%q) = %q, want %q", s, got, want)
+			t.Fatalf("Unquote(%q) = %q, want %q", s, got, want)
 		}
 		if cap(got) != 3*len(s) {
 			t.Fatalf("unquote reallocated")

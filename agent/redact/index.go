@@ -264,34 +264,29 @@ func (r *Redactor) contains(k keys, b []byte) bool {
 		len(r.long.slots) > 0 && r.scanAny(&r.long, k, b)
 }
 
-// scanAny is scan stopping at the first confirmed match.
+// scanAny reports whether t confirms a match in b: scan stopping at the
+// first.
 func (r *Redactor) scanAny(t *table, k keys, b []byte) bool {
-	k0, k1, k2, k3 := k.hashKeys()
-	filter, shift, index, step := t.filter, t.shift, t.index, t.step
-	for i := 0; i+window <= len(b); i += step {
-		h := mix(binary.LittleEndian.Uint64(b[i:i+window]), k0, k1, k2, k3)
-		bit := h >> shift
-		if filter[bit>>6]&(1<<(bit&63)) == 0 {
-			continue
-		}
-		head, ok := index[h]
-		if !ok {
-			continue
-		}
-		for j := head; j != noSlot; j = t.slots[j-1].next {
-			sl := &t.slots[j-1]
-			p := &r.patterns[sl.pat]
-			start := i - int(sl.off)
-			end := start + int(p.length)
-			if start >= 0 && end <= len(b) && r.confirm(k, b[start:end], &p.tag) {
-				return true
-			}
-		}
-	}
-	return false
+	found := false
+	r.matches(t, k, b, func(int, int, *pattern) bool {
+		found = true
+		return false
+	})
+	return found
 }
 
+// scan appends the spans of t's confirmed matches in b, widened.
 func (r *Redactor) scan(t *table, k keys, b []byte, out []span) []span {
+	r.matches(t, k, b, func(start, end int, p *pattern) bool {
+		out = append(out, widen(b, span{start, end}, p.flags))
+		return true
+	})
+	return out
+}
+
+// matches calls hit with every match of t in b that confirm accepts, in
+// the order the windows are hashed, until hit returns false.
+func (r *Redactor) matches(t *table, k keys, b []byte, hit func(start, end int, p *pattern) bool) {
 	k0, k1, k2, k3 := k.hashKeys()
 	filter, shift, index, step := t.filter, t.shift, t.index, t.step
 	for i := 0; i+window <= len(b); i += step {
@@ -309,13 +304,11 @@ func (r *Redactor) scan(t *table, k keys, b []byte, out []span) []span {
 			p := &r.patterns[sl.pat]
 			start := i - int(sl.off)
 			end := start + int(p.length)
-			if start < 0 || end > len(b) || !r.confirm(k, b[start:end], &p.tag) {
-				continue
+			if start >= 0 && end <= len(b) && r.confirm(k, b[start:end], &p.tag) && !hit(start, end, p) {
+				return
 			}
-			out = append(out, widen(b, span{start, end}, p.flags))
 		}
 	}
-	return out
 }
 
 // widen extends a base64 match over the characters that carry part of the

@@ -166,7 +166,7 @@ func (r *Redactor) jsonString(w *walker, doc []byte, i, j int, p *int) ([]byte, 
 		clear(w.dec[:cap(w.dec)])
 		w.dec = make([]byte, 0, need)
 	}
-	dec := unquote(w.dec[:0], content)
+	dec := Unquote(w.dec[:0], content)
 	defer clear(dec)
 	w.dspans = r.find(r.keys, dec, w.dspans[:0])
 	if len(w.dspans) > 0 {
@@ -235,12 +235,12 @@ func isDelim(c byte) bool {
 	return false
 }
 
-// unquote appends to dst the decoded contents of a JSON string literal
+// Unquote appends to dst the decoded contents of a JSON string literal
 // (without its quotes; the literal is valid), exactly as encoding/json
 // decodes it: invalid UTF-8 bytes and unpaired surrogates become U+FFFD.
 // dst must have room for 3*len(s) bytes, so that no copy of the decoded
 // text is left behind by a reallocation.
-func unquote(dst, s []byte) []byte {
+func Unquote(dst, s []byte) []byte {
 	for i := 0; i < len(s); {
 		c := s[i]
 		switch {
@@ -371,7 +371,7 @@ func (r *Redactor) JSONClean(raw []byte, escaped []int) bool {
 			clear((*bp)[:cap(*bp)])
 			*bp = make([]byte, 0, need)
 		}
-		dec := unquote((*bp)[:0], content)
+		dec := Unquote((*bp)[:0], content)
 		found := r.contains(r.keys, dec)
 		clear(dec)
 		if found {
