@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"slices"
 	"strconv"
@@ -368,7 +367,7 @@ func (s *Server) adminEnqueue(w http.ResponseWriter, r *http.Request) {
 	}
 	unchecked := q.Get("unchecked") == "1"
 
-	b, status, err := readBody(w, r, int64(s.cfg.MaxBodyBytes))
+	b, status, err := readBody(w, r, int64(s.cfg.MaxBodyBytes), nil)
 	if err != nil {
 		writeError(w, status, err.Error())
 		return
@@ -596,7 +595,7 @@ func (s *Server) adminPublishRelease(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "os, arch: want GOOS and GOARCH names")
 		return
 	}
-	bin, status, err := readBody(w, r, s.cfg.MaxReleaseBytes)
+	bin, status, err := readBody(w, r, s.cfg.MaxReleaseBytes, nil)
 	if err != nil {
 		writeError(w, status, err.Error())
 		return
@@ -744,21 +743,10 @@ func (s *Server) newestReleaseLocked(goos, goarch string) *release {
 
 // decodeOptionalBody decodes a JSON body into v, accepting an empty body.
 func (s *Server) decodeOptionalBody(w http.ResponseWriter, r *http.Request, v any) bool {
-	b, status, err := readBody(w, r, int64(s.cfg.MaxBodyBytes))
-	if err != nil {
-		writeError(w, status, err.Error())
-		return false
-	}
-	if len(b) == 0 {
-		return true
-	}
-	if err := wire.Decode(b, v, wire.Limits{MaxBytes: s.cfg.MaxBodyBytes}); err != nil {
-		status := http.StatusBadRequest
-		if errors.Is(err, wire.ErrTooLarge) {
-			status = http.StatusRequestEntityTooLarge
+	return s.decodeBodyWith(w, r, nil, func(b []byte) error {
+		if len(b) == 0 {
+			return nil
 		}
-		writeError(w, status, err.Error())
-		return false
-	}
-	return true
+		return wire.Decode(b, v, wire.Limits{MaxBytes: s.cfg.MaxBodyBytes})
+	})
 }

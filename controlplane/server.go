@@ -117,6 +117,10 @@ type Server struct {
 	closeOnce sync.Once
 	closing   chan struct{}
 
+	// chunkBodies recycles chunk bodies (*[]byte) when Config.Records is
+	// set.
+	chunkBodies sync.Pool
+
 	mu         sync.Mutex
 	tokens     map[[sha256.Size]byte]*token
 	tokensByID map[string]*token
@@ -169,6 +173,7 @@ func New(cfg Config) *Server {
 		signals:    map[string]chan struct{}{},
 		releases:   map[releaseKey]*release{},
 	}
+	s.chunkBodies.New = func() any { return new([]byte) }
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -293,20 +298,25 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 	writeJSON(w, status, wire.ErrorBody{Error: msg})
 }
 
-// readBody reads a request body of at most limit bytes. It returns the
+// readBody reads a request body of at most limit bytes, into buf when
+// its length is known and fits (buf nil: a new buffer). It returns the
 // status to answer on failure: 413 over the limit, 400 otherwise.
-func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, int, error) {
+func readBody(w http.ResponseWriter, r *http.Request, limit int64, buf []byte) ([]byte, int, error) {
 	if r.ContentLength > limit {
 		return nil, http.StatusRequestEntityTooLarge, errors.New("body too large")
 	}
 	body := http.MaxBytesReader(w, r.Body, limit)
 	var b []byte
 	var err error
-	if r.ContentLength >= 0 {
+	if n := r.ContentLength; n >= 0 {
 		// The length is known (and net/http holds the client to it): one
-		// allocation of the right size, where ReadAll would grow and copy
-		// its way there, for every chunk of a large sync.
-		b = make([]byte, r.ContentLength)
+		// buffer of the right size, where ReadAll would grow and copy its
+		// way there, for every chunk of a large sync.
+		if int64(cap(buf)) >= n {
+			b = buf[:n]
+		} else {
+			b = make([]byte, n)
+		}
 		_, err = io.ReadFull(body, b)
 	} else {
 		b, err = io.ReadAll(body)
@@ -324,12 +334,20 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, int,
 // decodeBody reads and decodes a JSON body with wire.Decode, answering
 // 413 or 400 itself when it fails.
 func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
-	b, status, err := readBody(w, r, int64(s.cfg.MaxBodyBytes))
+	return s.decodeBodyWith(w, r, nil, func(b []byte) error {
+		return wire.Decode(b, v, wire.Limits{MaxBytes: s.cfg.MaxBodyBytes})
+	})
+}
+
+// decodeBodyWith reads the body (into buf when it fits, as readBody) and
+// hands it to decode, answering 413 or 400 itself when either fails.
+func (s *Server) decodeBodyWith(w http.ResponseWriter, r *http.Request, buf []byte, decode func([]byte) error) bool {
+	b, status, err := readBody(w, r, int64(s.cfg.MaxBodyBytes), buf)
 	if err != nil {
 		writeError(w, status, err.Error())
 		return false
 	}
-	if err := wire.Decode(b, v, wire.Limits{MaxBytes: s.cfg.MaxBodyBytes}); err != nil {
+	if err := decode(b); err != nil {
 		if errors.Is(err, wire.ErrTooLarge) {
 			writeError(w, http.StatusRequestEntityTooLarge, "body too large")
 		} else {

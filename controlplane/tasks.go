@@ -170,8 +170,21 @@ func (s *Server) leasedTaskLocked(c *caller, id string) (*task, int, string) {
 
 // §4 Chunks.
 func (s *Server) handleChunk(w http.ResponseWriter, r *http.Request, c *caller) {
+	// The records stay in the body they came in (no copy). With
+	// Config.Records nothing keeps them past the callback, so the body's
+	// buffer goes back to a pool for the next chunk.
+	var bp *[]byte
+	if s.cfg.Records != nil {
+		bp = s.chunkBodies.Get().(*[]byte)
+		defer s.chunkBodies.Put(bp)
+	}
 	var ch wire.Chunk
-	if !s.decodeBody(w, r, &ch) {
+	if !s.decodeBodyWith(w, r, bodyBuffer(bp), func(b []byte) error {
+		if bp != nil {
+			*bp = b[:0] // a larger body's new buffer is the one to keep
+		}
+		return wire.DecodeChunkInPlace(b, &ch, wire.Limits{MaxBytes: s.cfg.MaxBodyBytes})
+	}) {
 		return
 	}
 	if ch.Seq < 0 {
@@ -218,6 +231,13 @@ func (s *Server) handleChunk(w http.ResponseWriter, r *http.Request, c *caller) 
 		t.final = ch.Final
 		writeJSON(w, http.StatusOK, struct{}{})
 	}
+}
+
+func bodyBuffer(bp *[]byte) []byte {
+	if bp == nil {
+		return nil
+	}
+	return *bp
 }
 
 // §5 Result. Stored once: a retry after success is acknowledged and the
@@ -267,7 +287,7 @@ func (s *Server) handleResult(w http.ResponseWriter, r *http.Request, c *caller)
 
 // §5 Lease renewal: the lease runs lease_s from now.
 func (s *Server) handleLease(w http.ResponseWriter, r *http.Request, c *caller) {
-	b, status, err := readBody(w, r, int64(s.cfg.MaxBodyBytes))
+	b, status, err := readBody(w, r, int64(s.cfg.MaxBodyBytes), nil)
 	if err != nil {
 		writeError(w, status, err.Error())
 		return

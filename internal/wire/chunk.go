@@ -26,12 +26,27 @@ var (
 	recordsShape = shapeOf(reflect.TypeFor[[]json.RawMessage]())
 )
 
-// decodeChunk is Decode for a *Chunk that holds nothing yet.
-func decodeChunk(data []byte, c *Chunk, limits Limits) error {
+// DecodeChunkInPlace is Decode for a chunk body whose records may stay
+// in data: the Chunk's records are slices of data, not copies, so the
+// caller must neither change nor reuse data while it uses the Chunk. The
+// checks and the errors are Decode's. It is for a receiver of large syncs
+// that hands the records on and recycles its body buffers (the reference
+// control plane with Config.Records).
+func DecodeChunkInPlace(data []byte, c *Chunk, limits Limits) error {
+	if err := precheck(data, limits); err != nil {
+		return err
+	}
+	*c = Chunk{}
+	return decodeChunk(data, c, limits, true)
+}
+
+// decodeChunk is Decode for a *Chunk that holds nothing yet; with alias,
+// the records are slices of data.
+func decodeChunk(data []byte, c *Chunk, limits Limits, alias bool) error {
 	s := scannerPool.Get().(*scanner)
 	s.collect = true
 	err := s.scan(data, shapeOf(chunkType), limits.maxDepth())
-	ok := err == nil && fillChunk(data, s.top, s.elems, c)
+	ok := err == nil && fillChunk(data, s.top, s.elems, c, alias)
 	s.release()
 	if err != nil {
 		return err
@@ -50,7 +65,7 @@ func decodeChunk(data []byte, c *Chunk, limits Limits) error {
 // offsets of the key literal and of its value (top), and the offsets of
 // the elements of the records array (elems). It reports false, leaving c
 // partly filled, when it is not sure to match encoding/json.
-func fillChunk(data []byte, top, elems []int, c *Chunk) bool {
+func fillChunk(data []byte, top, elems []int, c *Chunk, alias bool) bool {
 	if len(data) == 0 || data[skipSpaceAt(data, 0)] != '{' {
 		return false // not an object: Unmarshal's type error
 	}
@@ -78,12 +93,21 @@ func fillChunk(data []byte, top, elems []int, c *Chunk) bool {
 				if len(elems)%2 != 0 {
 					return false
 				}
+				recs := make([]json.RawMessage, len(elems)/2)
+				if alias {
+					// Capped, so that an append cannot reach the next
+					// record.
+					for e := 0; e < len(elems); e += 2 {
+						recs[e/2] = data[elems[e]:elems[e+1]:elems[e+1]]
+					}
+					c.Records = recs
+					continue
+				}
 				total := 0
 				for e := 0; e < len(elems); e += 2 {
 					total += elems[e+1] - elems[e]
 				}
 				buf := make([]byte, 0, total)
-				recs := make([]json.RawMessage, len(elems)/2)
 				for e := 0; e < len(elems); e += 2 {
 					start := len(buf)
 					buf = append(buf, data[elems[e]:elems[e+1]]...)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -48,9 +49,18 @@ func FuzzDecodeChunk(f *testing.F) {
 		if len(data) == 0 || len(data) > limits.MaxBytes || bytes.HasPrefix(data, bom) {
 			return // Decode refuses these before either path
 		}
-		var fast, slow Chunk
-		ferr := decodeChunk(data, &fast, limits)
+		var fast, slow, inPlace Chunk
+		ferr := decodeChunk(data, &fast, limits, false)
 		serr := decode(data, &slow, limits)
+		ierr := DecodeChunkInPlace(slices.Clone(data), &inPlace, limits)
+		if (ierr == nil) != (serr == nil) || ierr != nil && ierr.Error() != serr.Error() {
+			t.Fatalf("DecodeChunkInPlace: %v, decode: %v", ierr, serr)
+		}
+		if ierr == nil && (!reflect.DeepEqual(inPlace, slow) || (inPlace.Records == nil) != (slow.Records == nil)) {
+			a, _ := json.Marshal(inPlace)
+			b, _ := json.Marshal(slow)
+			t.Fatalf("DecodeChunkInPlace: %s\ndecode:             %s", a, b)
+		}
 		if (ferr == nil) != (serr == nil) || ferr != nil && ferr.Error() != serr.Error() {
 			t.Fatalf("decodeChunk: %v, decode: %v", ferr, serr)
 		}
@@ -86,5 +96,32 @@ func TestDecodeChunkRecordsIndependent(t *testing.T) {
 	_ = append(c.Records[0], 'x')
 	if string(c.Records[1]) != "2" || c.Seq != 0 || !c.Final || len(c.Records) != 3 {
 		t.Fatalf("%+v", c)
+	}
+}
+
+// DecodeChunkInPlace: the records are slices of the body (no copy), and
+// appending to one does not overwrite the next.
+func TestDecodeChunkInPlace(t *testing.T) {
+	body := []byte(`{"seq":4,"records":[{"a":1},2,"x"],"final":false}`)
+	var c Chunk
+	if err := DecodeChunkInPlace(body, &c, Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	if c.Seq != 4 || c.Final || len(c.Records) != 3 || string(c.Records[0]) != `{"a":1}` {
+		t.Fatalf("%+v", c)
+	}
+	_ = append(c.Records[0], 'x')
+	if string(c.Records[1]) != "2" {
+		t.Fatalf("an append to record 0 reached record 1: %q", c.Records[1])
+	}
+	body[bytes.Index(body, []byte(`"x"`))+1] = 'y'
+	if string(c.Records[2]) != `"y"` {
+		t.Fatalf("record 2 is %q: not a slice of the body", c.Records[2])
+	}
+	// The same refusals as Decode.
+	for _, bad := range []string{``, "\ufeff{}", `{"seq":1,"seq":2}`, `{"seq":1,"records":[{"a":1,"a":2}]}`} {
+		if err := DecodeChunkInPlace([]byte(bad), &c, Limits{}); err == nil {
+			t.Errorf("DecodeChunkInPlace(%q) accepted it", bad)
+		}
 	}
 }

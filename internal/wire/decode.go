@@ -102,6 +102,17 @@ var bom = []byte{0xEF, 0xBB, 0xBF}
 //
 // Every error is a *DecodeError and never contains input bytes.
 func Decode(data []byte, v any, limits Limits) error {
+	if err := precheck(data, limits); err != nil {
+		return err
+	}
+	if c, ok := v.(*Chunk); ok && c != nil && c.Seq == 0 && c.Records == nil && !c.Final {
+		return decodeChunk(data, c, limits, false)
+	}
+	return decode(data, v, limits)
+}
+
+// precheck refuses what no decoding path takes: too large, empty, a BOM.
+func precheck(data []byte, limits Limits) error {
 	if max := limits.maxBytes(); len(data) > max {
 		return &DecodeError{Offset: int64(max), Reason: reasonTooLarge, tooLarge: true}
 	}
@@ -111,10 +122,7 @@ func Decode(data []byte, v any, limits Limits) error {
 	if bytes.HasPrefix(data, bom) {
 		return &DecodeError{Offset: 0, Reason: reasonBOM}
 	}
-	if c, ok := v.(*Chunk); ok && c != nil && c.Seq == 0 && c.Records == nil && !c.Final {
-		return decodeChunk(data, c, limits)
-	}
-	return decode(data, v, limits)
+	return nil
 }
 
 // decode is Decode after the size checks, for any v: the check, then
