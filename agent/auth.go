@@ -71,8 +71,10 @@ func (t *taskRun) authorize(ctx context.Context, req *http.Request) error {
 	return invalid("auth scheme %s does not apply to HTTP", t.env.Auth.Scheme)
 }
 
-// The value is opened into the task's scratch memory (t.mem), not into
-// fresh locked pages: a sync sets the header on every page, and mapping,
+// withSecret calls f with one credential of the task's scheme in clear,
+// and wipes it when f returns; f must not keep the slice. The value is
+// opened into the task's scratch memory (t.mem), not into fresh locked
+// pages: a sync sets the header on every page, and mapping,
 // locking and unmapping pages each time was a large share of the agent's
 // CPU (docs/BENCHMARKS.md). f must not call withSecret: calls take turns.
 func (t *taskRun) withSecret(field string, f func([]byte)) error {
