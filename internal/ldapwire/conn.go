@@ -116,7 +116,7 @@ func notice(m message) error {
 	if m.op != appExtendedResponse {
 		return protocolError("an unsolicited message that is not an extended response")
 	}
-	r, _, err := parseResult(m.body)
+	r, err := parseResponse(m.op, m.body)
 	if err != nil {
 		return err
 	}
@@ -145,7 +145,7 @@ func (c *Conn) StartTLS(cfg *tls.Config) error {
 	if m.op != appExtendedResponse {
 		return protocolError("the answer to StartTLS is not an extended response")
 	}
-	r, _, err := parseResult(m.body)
+	r, err := parseResponse(m.op, m.body)
 	if err != nil {
 		return err
 	}
@@ -207,12 +207,9 @@ func (c *Conn) Bind(dn, password []byte) error {
 	if m.op != appBindResponse {
 		return protocolError("the answer to the bind is not a bind response")
 	}
-	r, rest, err := parseResult(m.body)
+	r, err := parseResponse(m.op, m.body)
 	if err != nil {
 		return err
-	}
-	if len(rest) > 0 && rest[0] != ctxSASLCreds {
-		return protocolError("bytes follow the bind result")
 	}
 	return r.err("bind")
 }
@@ -288,34 +285,40 @@ func (s *Search) Next() (*Entry, error) {
 		if err != nil {
 			return nil, err
 		}
-		switch m.op {
-		case appSearchEntry:
-			if err := s.Entry.parse(m.body); err != nil {
-				return nil, err
-			}
+		kind, r, cookie, err := s.parse(m)
+		switch {
+		case err != nil:
+			return nil, err
+		case kind == appSearchEntry:
 			return &s.Entry, nil
-		case appSearchReference:
+		case kind == appSearchReference:
 			s.References++
-		case appSearchDone:
+		default:
 			s.done = true
-			r, rest, err := parseResult(m.body)
-			if err != nil {
-				return nil, err
-			}
-			if len(rest) > 0 {
-				return nil, protocolError("bytes follow the search result")
-			}
 			if err := r.err("search"); err != nil {
 				return nil, err
 			}
-			cookie, _, err := pagingCookie(m.controls)
-			if err != nil {
-				return nil, err
-			}
 			s.Cookie = append(s.Cookie[:0], cookie...)
-		default:
-			return nil, protocolError("a message of type 0x%x in a search's results", m.op)
 		}
 	}
 	return nil, nil
+}
+
+// parse reads one message of a search's results: an entry (into
+// s.Entry), a continuation reference, or the result that ends the page
+// with its paged-results cookie.
+func (s *Search) parse(m message) (kind byte, r result, cookie []byte, err error) {
+	switch m.op {
+	case appSearchEntry:
+		return m.op, r, nil, s.Entry.parse(m.body)
+	case appSearchReference:
+		return m.op, r, nil, octetStrings(m.body, "a continuation reference URI")
+	case appSearchDone:
+		if r, err = parseResponse(m.op, m.body); err != nil {
+			return m.op, r, nil, err
+		}
+		cookie, _, err = pagingCookie(m.controls)
+		return m.op, r, cookie, err
+	}
+	return m.op, r, nil, protocolError("a message of type 0x%x in a search's results", m.op)
 }

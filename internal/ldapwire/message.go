@@ -105,8 +105,8 @@ func parseMessage(b []byte) (message, error) {
 		case len(rest) > 0:
 			return m, protocolError("bytes follow the controls")
 		}
-		if m.controls == nil {
-			m.controls = []byte{}
+		if err := eachControl(m.controls, func(_, _ []byte) error { return nil }); err != nil {
+			return m, err
 		}
 	}
 	return m, nil
@@ -140,12 +140,57 @@ func parseResult(b []byte) (result, []byte, error) {
 		return r, nil, protocolError("%v", err)
 	}
 	if len(rest) > 0 && rest[0] == ctxReferral {
-		if _, _, rest, err = next(rest); err != nil {
+		var uris []byte
+		if _, uris, rest, err = next(rest); err != nil {
 			return r, nil, protocolError("the referral: %v", err)
+		}
+		if err := octetStrings(uris, "a referral URI"); err != nil {
+			return r, nil, err
 		}
 		r.hasReferral = true
 	}
 	return r, rest, nil
+}
+
+// parseResponse parses a response that is an LDAPResult and, for a bind
+// or extended response, the optional elements its operation adds.
+func parseResponse(op byte, body []byte) (result, error) {
+	r, rest, err := parseResult(body)
+	if err != nil {
+		return r, err
+	}
+	var allowed []byte
+	switch op {
+	case appBindResponse:
+		allowed = []byte{ctxSASLCreds}
+	case appExtendedResponse:
+		allowed = []byte{ctxResponseName, ctxResponseValue}
+	}
+	for len(rest) > 0 {
+		if len(allowed) == 0 || rest[0] != allowed[0] {
+			return r, protocolError("bytes follow the result of a response of type 0x%x", op)
+		}
+		if _, _, rest, err = next(rest); err != nil {
+			return r, protocolError("%v", err)
+		}
+		allowed = allowed[1:]
+	}
+	return r, nil
+}
+
+// octetStrings checks that b is one or more OCTET STRINGs (a referral's
+// or a continuation reference's URIs).
+func octetStrings(b []byte, what string) error {
+	if len(b) == 0 {
+		return protocolError("no %s", what)
+	}
+	for len(b) > 0 {
+		var err error
+		if _, b, err = expect(b, tagOctetString, what); err != nil {
+			return protocolError("%v", err)
+		}
+	}
+	return nil
 }
 
 // err returns the result as an error, nil for success.
@@ -242,52 +287,64 @@ func (e *Entry) parse(b []byte) error {
 // pagingOID is the RFC 2696 Simple Paged Results control.
 const pagingOID = "1.2.840.113556.1.4.319"
 
-// pagingCookie returns the cookie of the paged-results control among a
-// response's controls, and whether the control was there.
-func pagingCookie(controls []byte) ([]byte, bool, error) {
+// eachControl calls f with the type and value of every control (RFC 4511
+// §4.1.11) in the contents of a message's controls, checking each.
+func eachControl(controls []byte, f func(oid, value []byte) error) error {
 	for len(controls) > 0 {
 		var c, oid, value []byte
 		var err error
 		if c, controls, err = expect(controls, tagSequence, "a control"); err != nil {
-			return nil, false, protocolError("%v", err)
+			return protocolError("%v", err)
 		}
 		if oid, c, err = expect(c, tagOctetString, "a control's type"); err != nil {
-			return nil, false, protocolError("%v", err)
+			return protocolError("%v", err)
 		}
 		if len(c) > 0 && c[0] == tagBoolean {
-			if _, _, c, err = next(c); err != nil {
-				return nil, false, protocolError("a control's criticality: %v", err)
+			if _, c, err = expect(c, tagBoolean, "a control's criticality"); err != nil {
+				return protocolError("%v", err)
 			}
 		}
 		if len(c) > 0 {
 			if value, c, err = expect(c, tagOctetString, "a control's value"); err != nil {
-				return nil, false, protocolError("%v", err)
+				return protocolError("%v", err)
 			}
 		}
 		if len(c) > 0 {
-			return nil, false, protocolError("bytes follow a control's value")
+			return protocolError("bytes follow a control's value")
 		}
-		if string(oid) != pagingOID {
-			continue
+		if err := f(oid, value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pagingCookie returns the cookie of the paged-results control among a
+// response's controls, and whether the control was there.
+func pagingCookie(controls []byte) (cookie []byte, found bool, err error) {
+	err = eachControl(controls, func(oid, value []byte) error {
+		if string(oid) != pagingOID || found {
+			return nil
 		}
 		v, rest, err := expect(value, tagSequence, "the paged-results control's value")
 		if err != nil || len(rest) > 0 {
-			return nil, false, protocolError("the paged-results control's value is not one SEQUENCE")
+			return protocolError("the paged-results control's value is not one SEQUENCE")
 		}
 		size, v, err := expect(v, tagInteger, "the paged-results size")
 		if err != nil {
-			return nil, false, protocolError("%v", err)
+			return protocolError("%v", err)
 		}
 		if _, err := integer(size); err != nil {
-			return nil, false, protocolError("the paged-results size: %v", err)
+			return protocolError("the paged-results size: %v", err)
 		}
-		cookie, v, err := expect(v, tagOctetString, "the paged-results cookie")
+		c, v, err := expect(v, tagOctetString, "the paged-results cookie")
 		if err != nil || len(v) > 0 {
-			return nil, false, protocolError("the paged-results cookie is not one OCTET STRING")
+			return protocolError("the paged-results cookie is not one OCTET STRING")
 		}
-		return cookie, true, nil
-	}
-	return nil, false, nil
+		cookie, found = c, true
+		return nil
+	})
+	return cookie, found, err
 }
 
 var errMessageTooLarge = errors.New("a message is over " + strconv.Itoa(MaxMessage>>20) + " MiB")
