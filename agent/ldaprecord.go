@@ -1,11 +1,12 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/base64"
-	"strings"
+	"unicode"
 	"unicode/utf8"
 
-	"github.com/go-ldap/ldap/v3"
+	"github.com/rapidvalue/tier3-agent/internal/ldapwire"
 )
 
 // The encoding of one LDAP entry as a record of ldap.search: a pure
@@ -36,9 +37,15 @@ var passwordAttributes = map[string]bool{
 // password attribute (options such as ";binary" are ignored, names
 // compare case-insensitively).
 func passwordAttribute(desc string) bool {
-	name, _, _ := strings.Cut(desc, ";")
-	name = strings.ToLower(strings.TrimSpace(name))
-	return passwordAttributes[name] || strings.Contains(name, "password")
+	return passwordKey(appendFold(nil, []byte(desc)))
+}
+
+// passwordKey is passwordAttribute for a description already folded
+// (appendFold).
+func passwordKey(key []byte) bool {
+	name, _, _ := bytes.Cut(key, []byte(";"))
+	name = bytes.TrimSpace(name)
+	return passwordAttributes[string(name)] || bytes.Contains(name, []byte("password"))
 }
 
 // binaryAttributes always go base64 under "binary_attributes", whatever
@@ -53,14 +60,69 @@ var binaryAttributes = map[string]bool{
 }
 
 func binaryAttribute(desc string) bool {
-	name, opts, _ := strings.Cut(desc, ";")
-	if strings.Contains(";"+strings.ToLower(opts)+";", ";binary;") {
-		return true
-	}
-	return binaryAttributes[strings.ToLower(name)]
+	return binaryKey(appendFold(nil, []byte(desc)))
 }
 
-// encodeLDAPRecord appends the record of one entry to dst:
+// binaryKey is binaryAttribute for a folded description.
+func binaryKey(key []byte) bool {
+	name, opts, _ := bytes.Cut(key, []byte(";"))
+	for len(opts) > 0 {
+		var opt []byte
+		opt, opts, _ = bytes.Cut(opts, []byte(";"))
+		if string(opt) == "binary" {
+			return true
+		}
+	}
+	return binaryAttributes[string(name)]
+}
+
+// appendFold appends the folded form of an attribute description: its
+// invalid UTF-8 runs made U+FFFD, then lowercased, as
+// strings.ToLower(strings.ToValidUTF8(desc, "\uFFFD")) makes it.
+func appendFold(dst, desc []byte) []byte {
+	invalid := false
+	for i := 0; i < len(desc); {
+		c := desc[i]
+		if c < utf8.RuneSelf {
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			dst = append(dst, c)
+			i++
+			invalid = false
+			continue
+		}
+		r, size := utf8.DecodeRune(desc[i:])
+		i += size
+		if r == utf8.RuneError && size == 1 {
+			if !invalid {
+				dst = utf8.AppendRune(dst, utf8.RuneError)
+			}
+			invalid = true
+			continue
+		}
+		invalid = false
+		dst = utf8.AppendRune(dst, unicode.ToLower(r))
+	}
+	return dst
+}
+
+// ldapRecordEncoder encodes entries as records (encode), reusing its
+// buffers from one entry to the next: once they have grown, an entry
+// costs no allocation unless an attribute name is not UTF-8 or an entry
+// has more than linearGroups attributes.
+type ldapRecordEncoder struct {
+	groups []attrGroup // groups[:n] are the entry's
+	n      int
+	keys   []byte         // the groups' folded names, back to back
+	index  map[string]int // folded name → group, past linearGroups
+}
+
+// linearGroups is how many attributes are looked up by a scan; past it a
+// map keeps a hostile entry of 100,000 attributes linear.
+const linearGroups = 32
+
+// encode appends the record of one entry to dst:
 //
 //	{"dn": "…", "attributes": {"cn": ["…"]}, "binary_attributes": {"jpegPhoto": ["<base64>"]}}
 //
@@ -70,24 +132,31 @@ func binaryAttribute(desc string) bool {
 // key. "binary_attributes" is there only when some value is binary. A DN
 // that is not UTF-8 is sent with its invalid bytes replaced, and as
 // "dn_base64" too. Password attributes are left out.
-func encodeLDAPRecord(dst []byte, dn string, attrs []*ldap.EntryAttribute) []byte {
-	var groups []attrGroup
-	index := map[string]int{}
+func (enc *ldapRecordEncoder) encode(dst, dn []byte, attrs []ldapwire.Attribute) []byte {
+	enc.n = 0
+	enc.keys = enc.keys[:0]
+	if len(enc.index) > 0 {
+		clear(enc.index)
+	}
 	for _, a := range attrs {
-		if a == nil || passwordAttribute(a.Name) {
+		start := len(enc.keys)
+		enc.keys = appendFold(enc.keys, a.Name)
+		key := enc.keys[start:len(enc.keys):len(enc.keys)]
+		if passwordKey(key) {
+			enc.keys = enc.keys[:start]
 			continue
 		}
-		name := strings.ToValidUTF8(a.Name, "\uFFFD")
-		key := strings.ToLower(name)
-		i, ok := index[key]
-		if !ok {
-			i = len(groups)
-			index[key] = i
-			groups = append(groups, attrGroup{name: name})
+		g, found := enc.group(key)
+		if found {
+			enc.keys = enc.keys[:start]
+		} else {
+			g.name = a.Name
+			if !utf8.Valid(g.name) {
+				g.name = bytes.ToValidUTF8(a.Name, []byte("\uFFFD"))
+			}
 		}
-		g := &groups[i]
-		bin := binaryAttribute(a.Name)
-		for _, v := range a.ByteValues {
+		bin := binaryKey(key)
+		for _, v := range a.Values {
 			if bin || !utf8.Valid(v) {
 				g.binary = append(g.binary, v)
 			} else {
@@ -95,12 +164,13 @@ func encodeLDAPRecord(dst []byte, dn string, attrs []*ldap.EntryAttribute) []byt
 			}
 		}
 	}
+	groups := enc.groups[:enc.n]
 
 	dst = append(dst, `{"dn":`...)
 	dst = appendJSONString(dst, dn)
-	if !utf8.ValidString(dn) {
+	if !utf8.Valid(dn) {
 		dst = append(dst, `,"dn_base64":"`...)
-		dst = base64.StdEncoding.AppendEncode(dst, []byte(dn))
+		dst = base64.StdEncoding.AppendEncode(dst, dn)
 		dst = append(dst, '"')
 	}
 	dst = append(dst, `,"attributes":{`...)
@@ -110,39 +180,65 @@ func encodeLDAPRecord(dst []byte, dn string, attrs []*ldap.EntryAttribute) []byt
 	}
 	// An attribute with no value at all is listed with an empty array; one
 	// whose values are all binary appears only under binary_attributes.
-	dst = appendGroups(dst, groups, func(g attrGroup) ([][]byte, bool) {
-		return g.text, len(g.text) > 0 || len(g.binary) == 0
-	}, func(dst, v []byte) []byte {
-		return appendJSONString(dst, string(v))
-	})
+	dst = appendGroups(dst, groups, false)
 	dst = append(dst, '}')
 	if anyBinary {
 		dst = append(dst, `,"binary_attributes":{`...)
-		dst = appendGroups(dst, groups, func(g attrGroup) ([][]byte, bool) {
-			return g.binary, len(g.binary) > 0
-		}, func(dst, v []byte) []byte {
-			dst = append(dst, '"')
-			dst = base64.StdEncoding.AppendEncode(dst, v)
-			return append(dst, '"')
-		})
+		dst = appendGroups(dst, groups, true)
 		dst = append(dst, '}')
 	}
 	return append(dst, '}')
 }
 
+// group returns the entry's group of the folded name key, adding it
+// (empty, its name to set) when there is none yet.
+func (enc *ldapRecordEncoder) group(key []byte) (*attrGroup, bool) {
+	if enc.n <= linearGroups {
+		for i := range enc.groups[:enc.n] {
+			if bytes.Equal(enc.groups[i].key, key) {
+				return &enc.groups[i], true
+			}
+		}
+	} else if i, ok := enc.index[string(key)]; ok {
+		return &enc.groups[i], true
+	}
+	if enc.n == len(enc.groups) {
+		enc.groups = append(enc.groups, attrGroup{})
+	}
+	g := &enc.groups[enc.n]
+	g.key, g.name, g.text, g.binary = key, nil, g.text[:0], g.binary[:0]
+	enc.n++
+	if enc.n > linearGroups {
+		if enc.index == nil {
+			enc.index = map[string]int{}
+		}
+		if enc.n == linearGroups+1 {
+			for i := range enc.groups[:enc.n-1] {
+				enc.index[string(enc.groups[i].key)] = i
+			}
+		}
+		enc.index[string(key)] = enc.n - 1
+	}
+	return g, false
+}
+
 // attrGroup is one attribute's values, split by kind.
 type attrGroup struct {
-	name         string
+	key, name    []byte
 	text, binary [][]byte
 }
 
-// appendGroups appends `"name":[v,…]` for each group that values includes,
-// comma-separated, each value written by enc.
-func appendGroups(dst []byte, groups []attrGroup, values func(attrGroup) ([][]byte, bool), enc func(dst, v []byte) []byte) []byte {
+// appendGroups appends `"name":[v,…]` for each group, comma-separated:
+// the text values (for every group that has some, or has no value at
+// all), or the binary ones in base64 (for the groups that have some).
+func appendGroups(dst []byte, groups []attrGroup, binary bool) []byte {
 	first := true
 	for _, g := range groups {
-		vs, include := values(g)
-		if !include {
+		vs := g.text
+		if binary {
+			vs = g.binary
+		}
+		if len(vs) == 0 && (binary || len(g.binary) > 0) {
 			continue
 		}
 		if !first {
@@ -155,7 +251,13 @@ func appendGroups(dst []byte, groups []attrGroup, values func(attrGroup) ([][]by
 			if j > 0 {
 				dst = append(dst, ',')
 			}
-			dst = enc(dst, v)
+			if binary {
+				dst = append(dst, '"')
+				dst = base64.StdEncoding.AppendEncode(dst, v)
+				dst = append(dst, '"')
+			} else {
+				dst = appendJSONString(dst, v)
+			}
 		}
 		dst = append(dst, ']')
 	}
@@ -165,7 +267,7 @@ func appendGroups(dst []byte, groups []attrGroup, values func(attrGroup) ([][]by
 // appendJSONString appends s as a JSON string the way encoding/json
 // marshals it: invalid UTF-8 becomes U+FFFD; <, >, &, U+2028 and U+2029
 // are escaped.
-func appendJSONString(dst []byte, s string) []byte {
+func appendJSONString(dst, s []byte) []byte {
 	const hex = "0123456789abcdef"
 	dst = append(dst, '"')
 	start := 0
@@ -192,7 +294,7 @@ func appendJSONString(dst []byte, s string) []byte {
 			start = i
 			continue
 		}
-		r, size := utf8.DecodeRuneInString(s[i:])
+		r, size := utf8.DecodeRune(s[i:])
 		if r == utf8.RuneError && size == 1 {
 			dst = append(dst, s[start:i]...)
 			dst = append(dst, `\ufffd`...)

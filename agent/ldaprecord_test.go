@@ -10,20 +10,26 @@ import (
 
 	"github.com/go-ldap/ldap/v3"
 
+	"github.com/rapidvalue/tier3-agent/internal/ldapwire"
 	"github.com/rapidvalue/tier3-agent/internal/wire"
 )
 
-func attr(name string, values ...string) *ldap.EntryAttribute {
-	a := &ldap.EntryAttribute{Name: name}
+func attr(name string, values ...string) ldapwire.Attribute {
+	a := ldapwire.Attribute{Name: []byte(name)}
 	for _, v := range values {
-		a.Values = append(a.Values, v)
-		a.ByteValues = append(a.ByteValues, []byte(v))
+		a.Values = append(a.Values, []byte(v))
 	}
 	return a
 }
 
+// encodeLDAPRecord encodes one entry with a fresh encoder.
+func encodeLDAPRecord(dst []byte, dn string, attrs []ldapwire.Attribute) []byte {
+	var enc ldapRecordEncoder
+	return enc.encode(dst, []byte(dn), attrs)
+}
+
 func TestEncodeLDAPRecord(t *testing.T) {
-	got := encodeLDAPRecord(nil, "uid=a,dc=example,dc=com", []*ldap.EntryAttribute{
+	got := encodeLDAPRecord(nil, "uid=a,dc=example,dc=com", []ldapwire.Attribute{
 		attr("cn", "Alice <A&B>"),
 		attr("userPassword", "{SSHA}secret"),
 		attr("UserPassword;binary", "x"),
@@ -103,9 +109,9 @@ func FuzzLDAPRecord(f *testing.F) {
 	f.Add("", []byte("a;binary\x00text\x00description\x00\u2028<&>\"\\\x01"))
 	f.Fuzz(func(t *testing.T, dn string, blob []byte) {
 		parts := bytes.Split(blob, []byte{0})
-		var attrs []*ldap.EntryAttribute
+		var attrs []ldapwire.Attribute
 		for i := 0; i+1 < len(parts); i += 2 {
-			attrs = append(attrs, &ldap.EntryAttribute{Name: string(parts[i]), ByteValues: [][]byte{parts[i+1]}})
+			attrs = append(attrs, ldapwire.Attribute{Name: parts[i], Values: [][]byte{parts[i+1]}})
 		}
 		rec := encodeLDAPRecord(nil, dn, attrs)
 		if err := wire.Check(rec, wire.Limits{MaxBytes: 1 << 30, MaxDepth: maxRecordDepth}); err != nil {
@@ -153,11 +159,12 @@ func FuzzLDAPRecord(f *testing.F) {
 			}
 		}
 		for _, a := range attrs {
-			if passwordAttribute(a.Name) {
+			name := string(a.Name)
+			if passwordAttribute(name) {
 				continue
 			}
-			v := string(a.ByteValues[0])
-			k := value{strings.ToLower(strings.ToValidUTF8(a.Name, "\uFFFD")), v, binaryAttribute(a.Name) || !utf8.ValidString(v)}
+			v := string(a.Values[0])
+			k := value{strings.ToLower(strings.ToValidUTF8(name, "\uFFFD")), v, binaryAttribute(name) || !utf8.ValidString(v)}
 			if sent[k] == 0 {
 				t.Fatalf("value %q of %q lost in %s", v, a.Name, rec)
 			}

@@ -14,21 +14,14 @@ import (
 	ber "github.com/go-asn1-ber/asn1-ber"
 	"github.com/go-ldap/ldap/v3"
 
+	"github.com/rapidvalue/tier3-agent/internal/ldapwire"
 	"github.com/rapidvalue/tier3-agent/internal/wire"
 	"github.com/rapidvalue/tier3-agent/vault"
 )
 
 func init() {
 	methods[wire.MethodLDAPSearch] = ldapSearch{}
-	// go-ldap reads each LDAP message whole (asn1-ber, up to 2 GiB by
-	// default): cap one message, so that a hostile directory cannot make
-	// the agent allocate gigabytes. An entry must fit in a chunk once
-	// encoded (1 MiB) anyway; 8 MiB leaves room for what is dropped
-	// (password attributes) or over-long but still valid.
-	ber.MaxPacketLengthBytes = maxLDAPMessage
 }
-
-const maxLDAPMessage = 8 << 20
 
 // ldapSearch is the method ldap.search: a search with RFC 2696 Simple
 // Paged Results, each entry streamed back as a record (chunks.go) as it
@@ -58,12 +51,14 @@ type ldapSearchSpec struct {
 }
 
 type parsedLDAPSearch struct {
-	spec     ldapSearchSpec
-	origin   vault.Origin
-	scope    int
-	filter   string
-	attrs    []string
-	pageSize uint32
+	spec   ldapSearchSpec
+	origin vault.Origin
+	scope  int
+	filter string
+	// filterBER is the filter encoded for the search request.
+	filterBER []byte
+	attrs     []string
+	pageSize  uint32
 }
 
 const (
@@ -109,11 +104,11 @@ func (ldapSearch) parse(t *taskRun) ([]vault.Origin, error) {
 	}
 	switch s.Scope {
 	case "base":
-		p.scope = ldap.ScopeBaseObject
+		p.scope = ldapwire.ScopeBase
 	case "one":
-		p.scope = ldap.ScopeSingleLevel
+		p.scope = ldapwire.ScopeOne
 	case "sub", "":
-		p.scope = ldap.ScopeWholeSubtree
+		p.scope = ldapwire.ScopeSub
 	default:
 		return nil, invalid("request.scope must be base, one or sub")
 	}
@@ -134,6 +129,7 @@ func (ldapSearch) parse(t *taskRun) ([]vault.Origin, error) {
 		// neither is a test of it.
 		return nil, invalid("request.filter tests a password attribute, whose values are never sent")
 	}
+	p.filterBER = f.Bytes()
 	if len(s.Attributes) > maxLDAPAttributes {
 		return nil, invalid("request.attributes lists more than %d attributes", maxLDAPAttributes)
 	}
@@ -210,23 +206,33 @@ func (ldapSearch) run(ctx context.Context, t *taskRun) (*outcome, error) {
 	}
 	defer conn.Close()
 
-	paging := ldap.NewControlPaging(p.pageSize)
-	req := ldap.NewSearchRequest(p.spec.BaseDN, p.scope, ldap.NeverDerefAliases, 0, 0, false,
-		p.filter, p.attrs, []ldap.Control{paging})
+	req := &ldapwire.SearchRequest{BaseDN: p.spec.BaseDN, Scope: p.scope, Filter: p.filterBER, Attributes: p.attrs, PageSize: p.pageSize}
+	var enc ldapRecordEncoder
 	var buf []byte
 	var referrals int64
-	for page := 0; ; page++ {
-		cookie, err := p.searchPage(ctx, conn, req, func(e *ldap.Entry) error {
-			buf = encodeLDAPRecord(buf[:0], e.DN, e.Attributes)
-			return rs.add(buf)
-		}, &referrals)
+	for {
+		s, err := conn.Search(req)
 		if err != nil {
-			return nil, err
+			return nil, ldapFailure(ctx, "the search", err)
 		}
-		if len(cookie) == 0 {
+		for {
+			e, err := s.Next()
+			if err != nil {
+				return nil, ldapFailure(ctx, "the search", err)
+			}
+			if e == nil {
+				break
+			}
+			buf = enc.encode(buf[:0], e.DN, e.Attrs)
+			if err := rs.add(buf); err != nil {
+				return nil, err
+			}
+		}
+		referrals += s.References
+		if len(s.Cookie) == 0 {
 			break
 		}
-		paging.SetCookie(cookie)
+		req.Cookie = append(req.Cookie[:0], s.Cookie...)
 	}
 	if referrals > 0 {
 		t.a.logInfo("ldap.search ignored continuation references (referrals are never followed)", "task_id", t.env.TaskID, "referrals", referrals)
@@ -234,44 +240,10 @@ func (ldapSearch) run(ctx context.Context, t *taskRun) (*outcome, error) {
 	return rs.close()
 }
 
-// searchPage runs one page of the search and returns the cookie of the
-// next page (empty: the search is done).
-func (p *parsedLDAPSearch) searchPage(ctx context.Context, conn *ldap.Conn, req *ldap.SearchRequest, entry func(*ldap.Entry) error, referrals *int64) ([]byte, error) {
-	pctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	// A small buffer lets the connection read ahead while a record is
-	// encoded; the directory waits (TCP) while a chunk is in flight.
-	resp := conn.SearchAsync(pctx, req, 16)
-	var cookie []byte
-	for resp.Next() {
-		if e := resp.Entry(); e != nil {
-			if err := entry(e); err != nil {
-				return nil, err
-			}
-		}
-		if resp.Referral() != "" {
-			*referrals++
-		}
-		if c, ok := ldap.FindControl(resp.Controls(), ldap.ControlTypePaging).(*ldap.ControlPaging); ok {
-			cookie = c.Cookie
-		}
-	}
-	if err := resp.Err(); err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, classifyLDAPError("the search", err)
-	}
-	// SearchAsync reports cancellation as the end of the results.
-	if ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-	return cookie, nil
-}
-
 // connect dials the directory, secures the connection (ldaps, or
-// StartTLS) and binds. The connection is closed when ctx ends.
-func (p *parsedLDAPSearch) connect(ctx context.Context, t *taskRun) (*ldap.Conn, error) {
+// StartTLS) and binds. The connection is closed when ctx ends, which ends
+// whatever read or write is pending.
+func (p *parsedLDAPSearch) connect(ctx context.Context, t *taskRun) (*ldapwire.Conn, error) {
 	addr := net.JoinHostPort(p.origin.Host, strconv.Itoa(p.origin.Port))
 	tlsCfg := t.a.targets.tls.Clone()
 	tlsCfg.ServerName = p.origin.Host
@@ -283,7 +255,6 @@ func (p *parsedLDAPSearch) connect(ctx context.Context, t *taskRun) (*ldap.Conn,
 		}
 		return nil, classifyTargetError(err)
 	}
-	// Whatever go-ldap is waiting for, closing the socket ends it.
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	ok := false
 	defer func() {
@@ -303,13 +274,11 @@ func (p *parsedLDAPSearch) connect(ctx context.Context, t *taskRun) (*ldap.Conn,
 		}
 		c = tc
 	}
-	conn := ldap.NewConn(c, p.origin.Scheme == "ldaps")
-	conn.Start()
+	conn := ldapwire.NewConn(c)
 	if p.origin.Scheme == "ldap" {
 		// parse refused ldap:// without start_tls: nothing but StartTLS
 		// is sent before TLS.
 		if err := conn.StartTLS(tlsCfg); err != nil {
-			conn.Close()
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
@@ -318,22 +287,17 @@ func (p *parsedLDAPSearch) connect(ctx context.Context, t *taskRun) (*ldap.Conn,
 	}
 	if t.env.Auth.Scheme == wire.SchemeLDAPSimple {
 		if err := p.bind(t, conn); err != nil {
-			conn.Close()
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			return nil, err
+			return nil, ldapFailure(ctx, "the bind", err)
 		}
 	}
 	ok = true
 	return conn, nil
 }
 
-// bind runs the simple bind. go-ldap takes the DN and the password as Go
-// strings and encodes them into its request packet: each bind leaves heap
-// copies of the password until they are collected (SECURITY.md's list of
-// copies that net/http makes applies here the same way).
-func (p *parsedLDAPSearch) bind(t *taskRun, conn *ldap.Conn) error {
+// bind runs the simple bind. The DN and the password go from locked memory
+// into the request, which ldapwire wipes once written: no Go string holds
+// the password.
+func (p *parsedLDAPSearch) bind(t *taskRun, conn *ldapwire.Conn) error {
 	dn, err := t.secret("bind_dn")
 	if err != nil {
 		return err
@@ -344,31 +308,43 @@ func (p *parsedLDAPSearch) bind(t *taskRun, conn *ldap.Conn) error {
 		return err
 	}
 	defer pw.Destroy()
-	_, err = conn.SimpleBind(&ldap.SimpleBindRequest{Username: string(dn.Bytes()), Password: string(pw.Bytes())})
-	if err != nil {
-		return classifyLDAPError("the bind", err)
-	}
-	return nil
+	return conn.Bind(dn.Bytes(), pw.Bytes())
 }
 
-// classifyLDAPError maps a go-ldap error to an error class. Its text (the
-// directory's diagnostic message included) is redacted with the rest of
-// the result.
-func classifyLDAPError(what string, err error) error {
-	var le *ldap.Error
-	if !errors.As(err, &le) {
-		return fail(wire.ErrTargetUnreachable, "%s failed: %v", what, err)
+// ldapFailure is the task's error for a failed bind or search: the
+// task's own end (cancelled, timed out, lease lost) when ctx has ended,
+// which is why the connection broke; else the error classified.
+func ldapFailure(ctx context.Context, what string, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
-	switch le.ResultCode {
-	case ldap.ErrorNetwork:
+	var te *taskError
+	if errors.As(err, &te) {
+		return err // the agent's own (a vault reference), already classified
+	}
+	return classifyLDAPError(what, err)
+}
+
+// classifyLDAPError maps an ldapwire error to an error class. Its text
+// (the directory's diagnostic message included) is redacted with the rest
+// of the result.
+func classifyLDAPError(what string, err error) error {
+	var re *ldapwire.ResultError
+	var pe *ldapwire.ProtocolError
+	switch {
+	case errors.As(err, &pe):
+		return fail(wire.ErrTargetError, "%s failed: %v", what, ldapErrorText(err))
+	case !errors.As(err, &re):
 		return fail(wire.ErrTargetUnreachable, "%s failed: the connection to the directory broke: %v", what, ldapErrorText(err))
-	case ldap.LDAPResultInvalidCredentials, ldap.LDAPResultInappropriateAuthentication:
-		return fail(wire.ErrTargetAuthFailed, "%s failed: the directory refused the credentials (%d)", what, le.ResultCode)
-	case ldap.LDAPResultInsufficientAccessRights, ldap.LDAPResultStrongAuthRequired, ldap.LDAPResultConfidentialityRequired:
+	}
+	switch re.Code {
+	case ldapwire.InvalidCredentials, ldapwire.InappropriateAuthentication:
+		return fail(wire.ErrTargetAuthFailed, "%s failed: the directory refused the credentials (%d)", what, re.Code)
+	case ldapwire.InsufficientAccessRights, ldapwire.StrongerAuthRequired, ldapwire.ConfidentialityRequired:
 		return fail(wire.ErrTargetAuthFailed, "%s failed: %v", what, ldapErrorText(err))
-	case ldap.LDAPResultReferral:
+	case ldapwire.Referral:
 		return fail(wire.ErrTargetError, "%s failed: the directory answered with a referral, and referrals are never followed", what)
-	case ldap.LDAPResultSizeLimitExceeded, ldap.LDAPResultAdminLimitExceeded:
+	case ldapwire.SizeLimitExceeded, ldapwire.AdminLimitExceeded:
 		return fail(wire.ErrTargetError, "%s stopped at the directory's size limit: the bind DN needs a higher limit (slapd: sizelimit, or a limits line)", what)
 	}
 	return fail(wire.ErrTargetError, "%s failed: %v", what, ldapErrorText(err))
