@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 
@@ -295,4 +296,58 @@ func BenchmarkReadEntries(b *testing.B) {
 
 func bufioReader(b []byte) *bufio.Reader {
 	return bufio.NewReaderSize(bytes.NewReader(b), 64<<10)
+}
+
+// TestMessageOverCap: a message that says it is over MaxMessage is refused
+// from its header, before anything of that size is allocated or read.
+func TestMessageOverCap(t *testing.T) {
+	hdr := []byte{tagSequence, 0x84, 0x7f, 0xff, 0xff, 0xff} // 2 GiB
+	c := &Conn{br: bufioReader(hdr)}
+	s := &Search{c: c, id: 2}
+	allocs := testing.AllocsPerRun(10, func() {
+		c.br = bufioReader(hdr)
+		_, err := s.Next()
+		var pe *ProtocolError
+		if !errors.As(err, &pe) || !strings.Contains(err.Error(), "over 8 MiB") {
+			t.Fatalf("got %v", err)
+		}
+	})
+	if allocs > 20 || cap(c.buf) > 0 {
+		t.Fatalf("%.0f allocations, buffer of %d bytes for a refused message", allocs, cap(c.buf))
+	}
+}
+
+// wipeConn keeps the very slices written to it (not copies) and answers
+// with canned bytes.
+type wipeConn struct {
+	net.Conn
+	written [][]byte
+	answer  *bytes.Reader
+}
+
+func (c *wipeConn) Write(b []byte) (int, error) { c.written = append(c.written, b); return len(b), nil }
+func (c *wipeConn) Read(b []byte) (int, error)  { return c.answer.Read(b) }
+func (c *wipeConn) Close() error                { return nil }
+
+// TestBindWipesRequest: the buffer the bind request (with the password)
+// was written from is zero once Bind returns, whatever the answer.
+func TestBindWipesRequest(t *testing.T) {
+	password := []byte("Bind-Pw-That-Must-Not-Linger")
+	for _, code := range []int64{0, 49} {
+		wc := &wipeConn{answer: bytes.NewReader(testMessage(1, seq(appBindResponse, appendInt(nil, tagEnumerated, code), appendTLV(nil, tagOctetString, nil), appendTLV(nil, tagOctetString, nil))))}
+		c := NewConn(wc)
+		err := c.Bind([]byte("cn=agent,dc=example,dc=com"), password)
+		if (err == nil) != (code == 0) {
+			t.Fatalf("result %d: %v", code, err)
+		}
+		if len(wc.written) != 1 || len(wc.written[0]) < len(password) {
+			t.Fatalf("%d writes", len(wc.written))
+		}
+		if i := bytes.IndexFunc(wc.written[0], func(r rune) bool { return r != 0 }); i >= 0 {
+			t.Fatalf("result %d: the request buffer still holds byte %d after Bind", code, i)
+		}
+		if err != nil && strings.Contains(err.Error(), string(password)) {
+			t.Fatal("the error holds the password")
+		}
+	}
 }
