@@ -847,10 +847,9 @@ func scanNumber(b []byte, i int, atEOF bool) (int, int) {
 		if j == len(b) {
 			return end(false)
 		}
-		if b[j] < '0' || b[j] > '9' {
+		var ok bool
+		if j, ok = digits(b, j); !ok {
 			return j, scanBad
-		}
-		for j++; j < len(b) && '0' <= b[j] && b[j] <= '9'; j++ {
 		}
 		if j == len(b) {
 			return end(true)
@@ -867,16 +866,26 @@ func scanNumber(b []byte, i int, atEOF bool) (int, int) {
 				return end(false)
 			}
 		}
-		if b[j] < '0' || b[j] > '9' {
+		var ok bool
+		if j, ok = digits(b, j); !ok {
 			return j, scanBad
-		}
-		for j++; j < len(b) && '0' <= b[j] && b[j] <= '9'; j++ {
 		}
 		if j == len(b) {
 			return end(true)
 		}
 	}
 	return j, scanOK
+}
+
+// digits scans the run of digits that a number's fraction or exponent
+// must have at b[j], and reports false (at j) when there is none.
+func digits(b []byte, j int) (int, bool) {
+	if b[j] < '0' || b[j] > '9' {
+		return j, false
+	}
+	for j++; j < len(b) && '0' <= b[j] && b[j] <= '9'; j++ {
+	}
+	return j, true
 }
 
 // scanLiteral scans true, false or null at b[i].

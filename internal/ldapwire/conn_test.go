@@ -73,6 +73,16 @@ func (d *testDir) dialLDAPS(t *testing.T) *Conn {
 	return c
 }
 
+// bound opens a session over ldaps and binds as the directory's root.
+func (d *testDir) bound(t *testing.T) *Conn {
+	t.Helper()
+	c := d.dialLDAPS(t)
+	if err := c.Bind([]byte(d.srv.RootDN), []byte(d.srv.RootPW)); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func filter(t testing.TB, f string) []byte {
 	p, err := ldap.CompileFilter(f)
 	if err != nil {
@@ -119,10 +129,7 @@ func TestAgainstSlapd(t *testing.T) {
 	d := startDirectory(t)
 
 	t.Run("ldaps bind and paged search", func(t *testing.T) {
-		c := d.dialLDAPS(t)
-		if err := c.Bind([]byte(d.srv.RootDN), []byte(d.srv.RootPW)); err != nil {
-			t.Fatal(err)
-		}
+		c := d.bound(t)
 		uids, refs := searchAll(t, c, "ou=people,"+suffix, ScopeOne, "(objectClass=inetOrgPerson)", 500)
 		if len(uids) != people || refs != 0 {
 			t.Fatalf("%d entries, %d references; want %d, 0", len(uids), refs, people)
@@ -140,10 +147,7 @@ func TestAgainstSlapd(t *testing.T) {
 	})
 
 	t.Run("values and attributes of an entry", func(t *testing.T) {
-		c := d.dialLDAPS(t)
-		if err := c.Bind([]byte(d.srv.RootDN), []byte(d.srv.RootPW)); err != nil {
-			t.Fatal(err)
-		}
+		c := d.bound(t)
 		s, err := c.Search(&SearchRequest{BaseDN: "uid=u00042,ou=people," + suffix, Scope: ScopeBase, Filter: filter(t, "(objectClass=*)"), PageSize: 10})
 		if err != nil {
 			t.Fatal(err)
@@ -216,10 +220,7 @@ func TestAgainstSlapd(t *testing.T) {
 	})
 
 	t.Run("referrals", func(t *testing.T) {
-		c := d.dialLDAPS(t)
-		if err := c.Bind([]byte(d.srv.RootDN), []byte(d.srv.RootPW)); err != nil {
-			t.Fatal(err)
-		}
+		c := d.bound(t)
 		// The whole tree: the referral object is a continuation reference.
 		uids, refs := searchAll(t, c, suffix, ScopeSub, "(objectClass=*)", 500)
 		if len(uids) != people || refs != 1 {
@@ -238,10 +239,7 @@ func TestAgainstSlapd(t *testing.T) {
 	})
 
 	t.Run("closed mid-search", func(t *testing.T) {
-		c := d.dialLDAPS(t)
-		if err := c.Bind([]byte(d.srv.RootDN), []byte(d.srv.RootPW)); err != nil {
-			t.Fatal(err)
-		}
+		c := d.bound(t)
 		s, err := c.Search(&SearchRequest{BaseDN: "ou=people," + suffix, Scope: ScopeOne, Filter: filter(t, "(uid=*)"), PageSize: 1000})
 		if err != nil {
 			t.Fatal(err)
@@ -262,10 +260,7 @@ func TestAgainstSlapd(t *testing.T) {
 	})
 
 	t.Run("no allocation per entry", func(t *testing.T) {
-		c := d.dialLDAPS(t)
-		if err := c.Bind([]byte(d.srv.RootDN), []byte(d.srv.RootPW)); err != nil {
-			t.Fatal(err)
-		}
+		c := d.bound(t)
 		s, err := c.Search(&SearchRequest{BaseDN: "ou=people," + suffix, Scope: ScopeOne, Filter: filter(t, "(uid=*)"), PageSize: 1000})
 		if err != nil {
 			t.Fatal(err)
