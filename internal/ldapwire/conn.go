@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"time"
 )
 
 // Conn is an LDAP session over one connection, used by one goroutine at a
@@ -18,8 +19,6 @@ type Conn struct {
 	id  int64  // the last message ID sent
 	buf []byte // the message being read; reused
 	hdr [5]byte
-	// Messages read and bytes received, for the caller's accounting.
-	Messages, Bytes int64
 }
 
 // NewConn starts a session on nc (TLS already, or plain for StartTLS).
@@ -28,8 +27,10 @@ func NewConn(nc net.Conn) *Conn {
 }
 
 // Close sends an UnbindRequest (best effort: the connection may be broken
-// already) and closes the connection.
+// already, and a directory that does not read gets a second) and closes
+// the connection.
 func (c *Conn) Close() error {
+	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
 	c.send([]byte{appUnbindRequest, 0})
 	return c.nc.Close()
 }
@@ -87,8 +88,6 @@ func (c *Conn) read(want int64) (message, error) {
 	if _, err := io.ReadFull(c.br, c.buf); err != nil {
 		return message{}, readErr(err)
 	}
-	c.Messages++
-	c.Bytes += int64(n)
 	m, err := parseMessage(c.buf)
 	if err != nil {
 		return m, err

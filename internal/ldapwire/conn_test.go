@@ -141,9 +141,6 @@ func TestAgainstSlapd(t *testing.T) {
 			}
 			seen[u] = true
 		}
-		if c.Messages < people+3 {
-			t.Fatalf("%d messages read", c.Messages)
-		}
 	})
 
 	t.Run("values and attributes of an entry", func(t *testing.T) {
