@@ -32,16 +32,7 @@ func FuzzChunkEncoding(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	v, err := vault.Parse([]byte(`{"crm": {"token": "` + chunkSecret + `"}}`))
-	if err != nil {
-		f.Fatal(err)
-	}
-	red, err := newRedactor(nil, v)
-	if err != nil {
-		f.Fatal(err)
-	}
-	a := &Agent{cfg: &config.Agent{ChunkSize: 500}, clock: realClock{}}
-	st := &runState{vs: &VaultState{Vault: v, Sealed: true}, redact: red, generation: 1}
+	a, st := fuzzRunState(f, `{"crm": {"token": "`+chunkSecret+`"}}`)
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		if !json.Valid(raw) {
 			return // the page decoder hands over only valid JSON values
@@ -71,4 +62,19 @@ func FuzzChunkEncoding(f *testing.F) {
 			t.Fatal("a vault value reached a chunk")
 		}
 	})
+}
+
+// fuzzRunState is an agent and its run state over a plaintext vault, for
+// fuzzing what a task does with them (the chunk encoder, the page path).
+func fuzzRunState(f *testing.F, vaultJSON string) (*Agent, *runState) {
+	v, err := vault.Parse([]byte(vaultJSON))
+	if err != nil {
+		f.Fatal(err)
+	}
+	red, err := newRedactor(nil, v)
+	if err != nil {
+		f.Fatal(err)
+	}
+	a := &Agent{cfg: &config.Agent{ChunkSize: 500}, clock: realClock{}}
+	return a, &runState{vs: &VaultState{Vault: v, Sealed: true}, redact: red, generation: 1}
 }

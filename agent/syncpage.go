@@ -558,28 +558,23 @@ func (d *pageDecoder) tokenValueEnd() {
 
 // tokenPrepareForDecode consumes the comma or colon before a value.
 func (d *pageDecoder) tokenPrepareForDecode() error {
+	sep, state := byte(','), tokenArrayValue
 	switch d.tokenState {
 	case tokenArrayComma:
-		c, err := d.peek()
-		if err != nil {
-			return err
-		}
-		if c != ',' {
-			return d.syntaxAt(d.scanp)
-		}
-		d.scanp++
-		d.tokenState = tokenArrayValue
 	case tokenObjectColon:
-		c, err := d.peek()
-		if err != nil {
-			return err
-		}
-		if c != ':' {
-			return d.syntaxAt(d.scanp)
-		}
-		d.scanp++
-		d.tokenState = tokenObjectValue
+		sep, state = ':', tokenObjectValue
+	default:
+		return nil
 	}
+	c, err := d.peek()
+	if err != nil {
+		return err
+	}
+	if c != sep {
+		return d.syntaxAt(d.scanp)
+	}
+	d.scanp++
+	d.tokenState = state
 	return nil
 }
 

@@ -11,9 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/rapidvalue/tier3-agent/internal/config"
 	"github.com/rapidvalue/tier3-agent/internal/wire"
-	"github.com/rapidvalue/tier3-agent/vault"
 )
 
 // The page decoder as it was before the single-pass scanner (syncpage.go):
@@ -338,27 +336,10 @@ func FuzzSyncPageOracle(f *testing.F) {
 		f.Add([]byte(s), uint8(0))
 		f.Add([]byte(s), uint8(1))
 	}
-	v, err := vault.Parse([]byte(`{"crm": {"token": "` + oracleSecret + `", "short": "Zq-12345"}}`))
-	if err != nil {
-		f.Fatal(err)
-	}
-	red, err := newRedactor(nil, v)
-	if err != nil {
-		f.Fatal(err)
-	}
-	a := &Agent{cfg: &config.Agent{ChunkSize: 500}, clock: realClock{}}
-	st := &runState{vs: &VaultState{Vault: v, Sealed: true}, redact: red, generation: 1}
-	pointers := []struct{ items, next string }{
-		{"/records", "/next"}, {"", ""}, {"/data/records", "/next"}, {"/records", "/links/0"},
-	}
+	a, st := fuzzRunState(f, `{"crm": {"token": "`+oracleSecret+`", "short": "Zq-12345"}}`)
 	limits := pageLimits{maxValue: 64 << 10, maxPage: 1 << 20, maxSkipDepth: 64}
 	f.Fuzz(func(t *testing.T, page []byte, which uint8) {
-		ps := pointers[int(which)%len(pointers)]
-		items := mustPointer(t, ps.items)
-		var next jsonPointer
-		if ps.next != "" {
-			next = mustPointer(t, ps.next)
-		}
+		items, next := fuzzPointers(t, which)
 		result := func(rec []byte, err error) string {
 			if err != nil {
 				return "error: " + err.Error()

@@ -279,16 +279,8 @@ func FuzzSyncPage(f *testing.F) {
 		f.Add([]byte(s), uint8(0))
 		f.Add([]byte(s), uint8(1))
 	}
-	pointers := []struct{ items, next string }{
-		{"/records", "/next"}, {"", ""}, {"/data/records", "/next"}, {"/records", "/links/0"},
-	}
 	f.Fuzz(func(t *testing.T, page []byte, which uint8) {
-		ps := pointers[int(which)%len(pointers)]
-		items := mustPointer(t, ps.items)
-		var next jsonPointer
-		if ps.next != "" {
-			next = mustPointer(t, ps.next)
-		}
+		items, next := fuzzPointers(t, which)
 		var got [][]byte
 		nextURL, n, err := readPage(bytes.NewReader(page), items, next, pageLimits{maxValue: 64 << 10, maxPage: 1 << 20, maxSkipDepth: 64}, func(r []byte) error {
 			if !json.Valid(r) {
@@ -458,4 +450,17 @@ func TestSpecial8(t *testing.T) {
 			}
 		}
 	}
+}
+
+// fuzzPointers picks the items and next pointers of a fuzzed page.
+func fuzzPointers(t *testing.T, which uint8) (items, next jsonPointer) {
+	pointers := []struct{ items, next string }{
+		{"/records", "/next"}, {"", ""}, {"/data/records", "/next"}, {"/records", "/links/0"},
+	}
+	ps := pointers[int(which)%len(pointers)]
+	items = mustPointer(t, ps.items)
+	if ps.next != "" {
+		next = mustPointer(t, ps.next)
+	}
+	return items, next
 }

@@ -137,18 +137,7 @@ func (c *Conn) StartTLS(cfg *tls.Config) error {
 	if err != nil {
 		return err
 	}
-	m, err := c.read(id)
-	if err != nil {
-		return err
-	}
-	if m.op != appExtendedResponse {
-		return protocolError("the answer to StartTLS is not an extended response")
-	}
-	r, err := parseResponse(m.op, m.body)
-	if err != nil {
-		return err
-	}
-	if err := r.err("StartTLS"); err != nil {
+	if err := c.response(id, appExtendedResponse, "StartTLS"); err != nil {
 		return err
 	}
 	// Whatever the directory sent after its answer would be read as if
@@ -199,18 +188,24 @@ func (c *Conn) Bind(dn, password []byte) error {
 	if err != nil {
 		return fmt.Errorf("writing to the directory: %w", err)
 	}
+	return c.response(id, appBindResponse, "bind")
+}
+
+// response reads the answer to request id, which must be a response of
+// type op, and returns its result as an error (nil for success).
+func (c *Conn) response(id int64, op byte, what string) error {
 	m, err := c.read(id)
 	if err != nil {
 		return err
 	}
-	if m.op != appBindResponse {
-		return protocolError("the answer to the bind is not a bind response")
+	if m.op != op {
+		return protocolError("the answer to the %s is a message of type 0x%x", what, m.op)
 	}
 	r, err := parseResponse(m.op, m.body)
 	if err != nil {
 		return err
 	}
-	return r.err("bind")
+	return r.err(what)
 }
 
 // Search scopes (RFC 4511 §4.5.1.2).
