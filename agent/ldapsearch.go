@@ -333,7 +333,7 @@ func classifyLDAPError(what string, err error) error {
 	var pe *ldapwire.ProtocolError
 	switch {
 	case errors.As(err, &pe):
-		return fail(wire.ErrTargetError, "%s failed: %v", what, ldapErrorText(err))
+		return fail(wire.ErrTargetError, "%s failed: %v (is connector.base_url an LDAP directory?)", what, ldapErrorText(err))
 	case !errors.As(err, &re):
 		return fail(wire.ErrTargetUnreachable, "%s failed: the connection to the directory broke: %v", what, ldapErrorText(err))
 	}
