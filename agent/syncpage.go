@@ -5,12 +5,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math/bits"
 	"strconv"
 	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
 
 	"github.com/rapidvalue/tier3-agent/agent/redact"
+	"github.com/rapidvalue/tier3-agent/internal/wire"
 )
 
 // The page decoder of http.sync: it streams the records of one page out of
@@ -939,18 +941,10 @@ var jsonSafe = func() (t [256]bool) {
 	return t
 }()
 
-// special8 reports whether one of the 8 bytes in w is not jsonSafe (SWAR:
-// a byte equal to c is a zero byte of w^(c*lsb); a zero or a byte under n
-// sets the top bit of (x-n*lsb)&^x; false positives happen only above a
-// true one).
-func special8(w uint64) bool {
-	const (
-		lsb = 0x0101010101010101
-		msb = 0x8080808080808080
-	)
-	zero := func(x uint64) uint64 { return (x - lsb) &^ x }
-	return (zero(w^(lsb*'"'))|zero(w^(lsb*'\\'))|zero(w^(lsb*'<'))|zero(w^(lsb*'>'))|zero(w^(lsb*'&'))|
-		(w-lsb*0x20)&^w|w)&msb != 0
+// special8 returns a mask with the top bit set in the bytes of w that are
+// not jsonSafe, exact for the first one (wire.StringStops8).
+func special8(w uint64) uint64 {
+	return wire.StringStops8(w, wire.Byte8(w, '<')|wire.Byte8(w, '>')|wire.Byte8(w, '&'))
 }
 
 // Scanner states.
@@ -1153,7 +1147,12 @@ func (s *recordScanner) str(b []byte, i int, key bool) (int, int) {
 	run := i + 1 // b[run:j] is not yet copied
 	hasEscape := false
 	for j := i + 1; ; {
-		for j+8 <= len(b) && !special8(binary.LittleEndian.Uint64(b[j:])) {
+		for j+8 <= len(b) {
+			m := special8(binary.LittleEndian.Uint64(b[j:]))
+			if m != 0 {
+				j += bits.TrailingZeros64(m) >> 3
+				break
+			}
 			j += 8
 		}
 		for j < len(b) && jsonSafe[b[j]] {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"strconv"
 	"strings"
 	"testing"
@@ -440,12 +441,16 @@ func TestSpecial8(t *testing.T) {
 					w[k] = fill
 				}
 				w[pos] = byte(c)
-				want := false
-				for _, x := range w {
-					want = want || !jsonSafe[x]
+				first := 8 // the first byte that is not jsonSafe
+				for k, x := range w {
+					if !jsonSafe[x] {
+						first = k
+						break
+					}
 				}
-				if got := special8(binary.LittleEndian.Uint64(w[:])); got != want {
-					t.Fatalf("special8(%q) = %t", w, got)
+				m := special8(binary.LittleEndian.Uint64(w[:]))
+				if got := bits.TrailingZeros64(m) >> 3; got != first {
+					t.Fatalf("special8(%q) points at byte %d, want %d", w, got, first)
 				}
 			}
 		}

@@ -2,8 +2,10 @@ package wire
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"math/bits"
 	"reflect"
 	"strconv"
 	"sync"
@@ -331,6 +333,14 @@ func (s *scanner) str(i int, decode bool) ([]byte, int, error) {
 	arenaStart := len(s.arena)
 	escaped := false
 	for j := start; j < len(d); {
+		if j+8 <= len(d) {
+			m := StringStops8(binary.LittleEndian.Uint64(d[j:]), 0)
+			if m == 0 {
+				j += 8
+				continue
+			}
+			j += bits.TrailingZeros64(m) >> 3
+		}
 		c := d[j]
 		switch {
 		case c == '"':
