@@ -27,6 +27,10 @@ type targets struct {
 
 const maxRedirects = 5
 
+// targetStreamWindow is the HTTP/2 receive window of one request to a
+// target.
+const targetStreamWindow = 1 << 20
+
 func newTargets(cfg *config.Agent) (*targets, error) {
 	pool, err := x509.SystemCertPool()
 	if err != nil || pool == nil {
@@ -55,6 +59,11 @@ func newTargets(cfg *config.Agent) (*targets, error) {
 			MaxIdleConnsPerHost:   16,
 			IdleConnTimeout:       90 * time.Second,
 			ForceAttemptHTTP2:     true,
+			// A page is read as it streams; what the target may send
+			// ahead of the reader is this window (Go's default, 4 MiB,
+			// showed as ~9 MiB more peak RSS for a single large page:
+			// docs/BENCHMARKS.md).
+			HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: targetStreamWindow},
 		},
 		maxBody: cfg.MaxResponse,
 	}, nil
