@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,16 +36,18 @@ import (
 //
 //	RV_SYNC_BENCH=1 go test ./agent -run '^TestSyncBenchmark$' -v -timeout 30m
 //
-// RV_SYNC_BENCH_SIZES (default 10000,100000,1000000) picks the REST sizes;
+// Each row is the median of RV_SYNC_BENCH_RUNS runs (default 5), the
+// baseline's and the agent's alternating. RV_SYNC_BENCH_SIZES (default
+// 10000,100000,1000000) picks the REST sizes;
 // RV_SYNC_BENCH_CHUNK sets the REST tasks' chunk_size (default: none, so
 // the agent's 500); RV_SYNC_BENCH_LDAP=0 leaves out the LDAP rows (they
 // need slapd); RV_SYNC_BENCH_PLACEMENT=shared or isolated runs one
 // placement of the two (placements).
 //
-// Each agent run is a fresh `tier3-agent run` process; its peak RSS is the
-// kernel's VmHWM for the process (/proc/PID/status), read once the task
-// has completed. The reference control plane and the targets run in the
-// test process, so agent and baseline share the 2 cores with them alike.
+// Each row's agent is a fresh `tier3-agent run` process; its peak RSS is
+// the kernel's VmHWM for the process (/proc/PID/status), read after its
+// last run. The reference control plane and the targets run in the test
+// process, the direct reader in a process of its own (directReader).
 func TestSyncBenchmark(t *testing.T) {
 	if os.Getenv("RV_SYNC_BENCH") != "1" {
 		t.Skip("set RV_SYNC_BENCH=1 to run the sync benchmark")
@@ -95,20 +98,11 @@ func benchREST(t *testing.T, pl placement, n int, kind string, perPage int, row 
 		}
 
 		// The baseline: the same pages read by a Go client over TLS, each
-		// record decoded (json.RawMessage), as the agent reads them.
-		direct := func() (time.Duration, int64) {
-			start := time.Now()
-			got, bytes := readPagesDirect(t, tg.URL, e.targetCA().Pool(), kind)
-			if got != n {
-				t.Fatalf("direct read: %d records, want %d", got, n)
-			}
-			return time.Since(start), bytes
-		}
+		// record decoded (json.RawMessage), in a process of its own in the
+		// agent's seat (directReader).
 		pl.pinHarness(t)
-		direct() // warm the target's code paths and the connection pool
-		c0 := selfCPU()
-		dd, pageBytes := direct()
-		dcpu := selfCPU() - c0
+		dr := pl.startDirectReader(t, tg.URL, e.vars["RV_AGENT_TARGET_CA"], kind)
+		defer dr.close()
 
 		e.start()
 		pl.pinAgent(t, e.cmd.Process.Pid)
@@ -123,14 +117,29 @@ func benchREST(t *testing.T, pl placement, n int, kind string, perPage int, row 
 			env["chunk_size"] = chunk
 		}
 		pid := e.cmd.Process.Pid
-		e.benchSync(env, n, check) // warm up as the direct read did: connections, code paths
-		a0, s0 := procCPU(t, pid), selfCPU()
-		ad := e.benchSync(env, n, check)
-		acpu, scpu := procCPU(t, pid)-a0, selfCPU()-s0
+		e.benchSync(env, n, check) // warm up as the direct reader did: connections, code paths
+
+		// The runs alternate, so that what else the machine does falls on
+		// both alike; each figure is the median of its runs.
+		var direct, agent []benchRun
+		var pageBytes int64
+		for range benchRuns(t) {
+			r := dr.read()
+			if r.records != n {
+				t.Fatalf("direct read: %d records, want %d", r.records, n)
+			}
+			pageBytes = r.bytes
+			direct = append(direct, benchRun{d: r.d, cpu: r.readerCPU, harness: r.harnessCPU})
+			a0, s0 := procCPU(t, pid), selfCPU()
+			ad := e.benchSync(env, n, check)
+			agent = append(agent, benchRun{d: ad, cpu: procCPU(t, pid) - a0, harness: selfCPU() - s0})
+		}
 		hwm := vmHWM(t, pid)
 		e.stop()
-		row("| REST direct read (%s, %.0f MB of pages; %s) | %d | %.2f s | %.0f | | | harness %.2f s |", desc, float64(pageBytes)/1e6, pl.desc, n, dd.Seconds(), float64(n)/dd.Seconds(), dcpu.Seconds())
-		row("| REST http.sync through the agent (%s, chunks of %d; %s) | %d | %.2f s | %.0f | %.1f MiB | %.0f%% | agent %.2f s, harness %.2f s |", desc, chunk, pl.desc, n, ad.Seconds(), float64(n)/ad.Seconds(), float64(hwm)/(1<<20), 100*dd.Seconds()/ad.Seconds(), acpu.Seconds(), scpu.Seconds())
+		dm, am := medianRun(direct), medianRun(agent)
+		dd, ad := dm.d, am.d
+		row("| REST direct read (%s, %.0f MB of pages; %s) | %d | %s | %.0f | | | reader %.2f s, harness %.2f s |", desc, float64(pageBytes)/1e6, pl.desc, n, secs(dd), float64(n)/dd.Seconds(), dm.cpu.Seconds(), dm.harness.Seconds())
+		row("| REST http.sync through the agent (%s, chunks of %d; %s) | %d | %s | %.0f | %.1f MiB | %.0f%% | agent %.2f s, harness %.2f s |", desc, chunk, pl.desc, n, secs(ad), float64(n)/ad.Seconds(), float64(hwm)/(1<<20), 100*dd.Seconds()/ad.Seconds(), am.cpu.Seconds(), am.harness.Seconds())
 	})
 }
 
@@ -189,11 +198,12 @@ func (e *env) syncBenchResult(id string, limit time.Duration) controlplane.TaskI
 //   - shared: all of them, as the kernel schedules it. The agent competes
 //     with the target, the control plane and slapd for the cores, which on
 //     the customer's side sit on other machines.
-//   - isolated: the agent on the last CPU, everything else (this test
-//     process: target, control plane and direct reader; slapd; ldapsearch)
-//     on the others. The agent has a core of its own, as on its host, and
-//     the baseline and the agent's run give the outside world the same
-//     cores; the agent's run charges them the control plane's work too.
+//   - isolated: the agent's seat is the last CPU, and everything else (this
+//     test process: target and control plane; slapd) runs on the others.
+//     The baselines (the direct reader, ldapsearch) take the agent's seat
+//     in their runs. Reader and agent each have a core of their own, as the
+//     agent has on its host, and leave the same cores to the outside
+//     world, which in the agent's run also does the control plane's work.
 type placement struct {
 	name, desc     string
 	harness, agent string // taskset CPU lists; agent "": as the harness
@@ -203,7 +213,7 @@ func placements(t *testing.T) []placement {
 	n := runtime.NumCPU()
 	all := fmt.Sprintf("0-%d", n-1)
 	shared := placement{name: "shared", desc: fmt.Sprintf("all %d CPUs shared", n), harness: all}
-	isolated := placement{name: "isolated", desc: fmt.Sprintf("agent on CPU %d, the rest on 0-%d", n-1, n-2),
+	isolated := placement{name: "isolated", desc: fmt.Sprintf("agent or reader on CPU %d, the rest on 0-%d", n-1, n-2),
 		harness: fmt.Sprintf("0-%d", n-2), agent: strconv.Itoa(n - 1)}
 	want := os.Getenv("RV_SYNC_BENCH_PLACEMENT")
 	var out []placement
@@ -233,6 +243,162 @@ func (pl placement) pinAgent(t *testing.T, pid int) {
 	if pl.agent != "" {
 		taskset(t, pid, pl.agent)
 	}
+}
+
+// command returns a command to run in the agent's seat: on the agent's
+// CPUs when it has its own (ldapsearch, the direct reader).
+func (pl placement) command(name string, args ...string) *exec.Cmd {
+	if pl.agent == "" {
+		return exec.Command(name, args...)
+	}
+	return exec.Command("taskset", append([]string{"-c", pl.agent, name}, args...)...)
+}
+
+// A directResult is one direct read of a pagedSource's pages.
+type directResult struct {
+	records               int
+	bytes                 int64 // of the pages
+	d                     time.Duration
+	readerCPU, harnessCPU time.Duration // the reader process's; this process's (the target)
+}
+
+// A directReader reads every page of a target, as the agent reads them, in
+// a process of its own (TestSyncBenchReader) that sits where the agent
+// sits: the baseline and the agent's run leave the same CPUs to the
+// target. It has read the pages once, to warm up, when it starts.
+type directReader struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	lines  *bufio.Scanner
+	stderr strings.Builder
+}
+
+func (pl placement) startDirectReader(t *testing.T, base, caFile, kind string) *directReader {
+	t.Helper()
+	r := &directReader{t: t, cmd: pl.command(os.Args[0], "-test.run", "^TestSyncBenchReader$", "-test.count=1")}
+	r.cmd.Env = append(os.Environ(), "RV_SYNC_BENCH_READER="+base, "RV_SYNC_BENCH_READER_CA="+caFile, "RV_SYNC_BENCH_READER_KIND="+kind)
+	var err error
+	if r.stdin, err = r.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := r.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cmd.Stderr = &r.stderr
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r.lines = bufio.NewScanner(stdout)
+	r.expect("warm")
+	return r
+}
+
+func (r *directReader) expect(prefix string) string {
+	r.t.Helper()
+	for r.lines.Scan() {
+		if rest, ok := strings.CutPrefix(r.lines.Text(), prefix); ok {
+			return rest
+		}
+	}
+	r.cmd.Wait()
+	r.t.Fatalf("the direct reader ended before %q: %s", prefix, r.stderr.String())
+	return ""
+}
+
+// read has the reader read the pages once more, timed.
+func (r *directReader) read() directResult {
+	r.t.Helper()
+	c0 := selfCPU()
+	if _, err := io.WriteString(r.stdin, "go\n"); err != nil {
+		r.t.Fatal(err)
+	}
+	var res directResult
+	var ns, cpuNS int64
+	if _, err := fmt.Sscan(r.expect("result "), &res.records, &res.bytes, &ns, &cpuNS); err != nil {
+		r.t.Fatal(err)
+	}
+	res.harnessCPU = selfCPU() - c0
+	res.d, res.readerCPU = time.Duration(ns), time.Duration(cpuNS)
+	return res
+}
+
+func (r *directReader) close() {
+	r.stdin.Close()
+	r.cmd.Wait()
+}
+
+// TestSyncBenchReader is TestSyncBenchmark's direct reader (directReader):
+// it reads the pages once, says "warm", and then for each line on stdin
+// reads them again and prints "result RECORDS BYTES NANOSECONDS
+// CPU_NANOSECONDS".
+func TestSyncBenchReader(t *testing.T) {
+	base := os.Getenv("RV_SYNC_BENCH_READER")
+	if base == "" {
+		t.Skip("TestSyncBenchmark runs it")
+	}
+	pem, err := os.ReadFile(os.Getenv("RV_SYNC_BENCH_READER_CA"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		t.Fatal("no certificate in RV_SYNC_BENCH_READER_CA")
+	}
+	kind := os.Getenv("RV_SYNC_BENCH_READER_KIND")
+	readPagesDirect(t, base, roots, kind) // warm the target's code paths and this process's
+	fmt.Println("warm")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		c0, start := selfCPU(), time.Now()
+		n, bytes := readPagesDirect(t, base, roots, kind)
+		d, cpu := time.Since(start), selfCPU()-c0
+		fmt.Printf("result %d %d %d %d\n", n, bytes, d.Nanoseconds(), cpu.Nanoseconds())
+	}
+}
+
+// A benchRun is one measured run: its time, the CPU time of the process
+// measured (reader or agent), and this process's.
+type benchRun struct{ d, cpu, harness time.Duration }
+
+// benchRuns is the number of measured runs of each kind per row:
+// RV_SYNC_BENCH_RUNS, default 5.
+func benchRuns(t *testing.T) int {
+	if v := os.Getenv("RV_SYNC_BENCH_RUNS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("RV_SYNC_BENCH_RUNS=%q: want a positive integer", v)
+		}
+		return n
+	}
+	return 5
+}
+
+// medianRun returns the median of each figure of runs (each on its own:
+// the figures of the result need not come from the same run).
+func medianRun(runs []benchRun) benchRun {
+	med := func(f func(benchRun) time.Duration) time.Duration {
+		v := make([]time.Duration, len(runs))
+		for i, r := range runs {
+			v[i] = f(r)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	return benchRun{
+		d:       med(func(r benchRun) time.Duration { return r.d }),
+		cpu:     med(func(r benchRun) time.Duration { return r.cpu }),
+		harness: med(func(r benchRun) time.Duration { return r.harness }),
+	}
+}
+
+// secs formats a run's time with 3 significant digits or more.
+func secs(d time.Duration) string {
+	if d < time.Second {
+		return fmt.Sprintf("%.3f s", d.Seconds())
+	}
+	return fmt.Sprintf("%.2f s", d.Seconds())
 }
 
 func taskset(t *testing.T, pid int, cpus string) {
@@ -433,8 +599,9 @@ func benchLDAP(t *testing.T, pl placement, n int, row func(string, ...any)) {
 		base := "ou=people," + ldapSuffix
 		filter := "(objectClass=inetOrgPerson)"
 
-		search := func() time.Duration {
-			cmd := exec.Command(ldapsearch, "-LLL", "-H", dir.LDAPSURL, "-x", "-D", ldapBindDN, "-w", bindPW,
+		// search runs ldapsearch once and returns its time and CPU time.
+		search := func() (time.Duration, time.Duration) {
+			cmd := pl.command(ldapsearch, "-LLL", "-H", dir.LDAPSURL, "-x", "-D", ldapBindDN, "-w", bindPW,
 				"-E", "pr=500/noprompt", "-b", base, "-s", "one", filter)
 			cmd.Env = append(os.Environ(), "LDAPTLS_CACERT="+dir.CAFile, "LDAPTLS_REQCERT=demand")
 			out, err := cmd.StdoutPipe()
@@ -462,12 +629,9 @@ func benchLDAP(t *testing.T, pl placement, n int, row func(string, ...any)) {
 			if entries != n {
 				t.Fatalf("ldapsearch: %d entries, want %d", entries, n)
 			}
-			return d
+			return d, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 		}
 		search() // warm slapd's caches
-		c0 := selfCPU()
-		sd := search()
-		scpu0 := selfCPU() - c0
 
 		e.vaultIn(ldapBindDN, "set", "dir", "bind_dn")
 		e.vaultIn(bindPW, "set", "dir", "bind_password")
@@ -484,12 +648,23 @@ func benchLDAP(t *testing.T, pl placement, n int, row func(string, ...any)) {
 		env["timeout_s"], env["lease_s"] = 3600, 3600
 		pid := e.cmd.Process.Pid
 		e.benchSync(env, n, check) // warm up, as ldapsearch was
-		a0, s0 := procCPU(t, pid), selfCPU()
-		ad := e.benchSync(env, n, check)
-		acpu, scpu := procCPU(t, pid)-a0, selfCPU()-s0
+
+		// As benchREST: alternate runs, medians. The harness's CPU time
+		// is this process's (the control plane) and slapd's.
+		harnessCPU := func() time.Duration { return selfCPU() + procCPU(t, dir.Pid()) }
+		var direct, agent []benchRun
+		for range benchRuns(t) {
+			h0 := harnessCPU()
+			sd, scpu := search()
+			direct = append(direct, benchRun{d: sd, cpu: scpu, harness: harnessCPU() - h0})
+			a0, h0 := procCPU(t, pid), harnessCPU()
+			ad := e.benchSync(env, n, check)
+			agent = append(agent, benchRun{d: ad, cpu: procCPU(t, pid) - a0, harness: harnessCPU() - h0})
+		}
 		hwm := vmHWM(t, pid)
 		e.stop()
-		row("| LDAP `ldapsearch -E pr=500/noprompt` over ldaps, LDIF to a pipe (%s) | %d | %.2f s | %.0f | | | harness %.2f s |", pl.desc, n, sd.Seconds(), float64(n)/sd.Seconds(), scpu0.Seconds())
-		row("| LDAP ldap.search through the agent (page_size 500, chunks of 500; %s) | %d | %.2f s | %.0f | %.1f MiB | %.0f%% | agent %.2f s, harness %.2f s |", pl.desc, n, ad.Seconds(), float64(n)/ad.Seconds(), float64(hwm)/(1<<20), 100*sd.Seconds()/ad.Seconds(), acpu.Seconds(), scpu.Seconds())
+		dm, am := medianRun(direct), medianRun(agent)
+		row("| LDAP `ldapsearch -E pr=500/noprompt` over ldaps, LDIF to a pipe (%s) | %d | %s | %.0f | | | ldapsearch %.2f s, harness %.2f s |", pl.desc, n, secs(dm.d), float64(n)/dm.d.Seconds(), dm.cpu.Seconds(), dm.harness.Seconds())
+		row("| LDAP ldap.search through the agent (page_size 500, chunks of 500; %s) | %d | %s | %.0f | %.1f MiB | %.0f%% | agent %.2f s, harness %.2f s |", pl.desc, n, secs(am.d), float64(n)/am.d.Seconds(), float64(hwm)/(1<<20), 100*dm.d.Seconds()/am.d.Seconds(), am.cpu.Seconds(), am.harness.Seconds())
 	})
 }

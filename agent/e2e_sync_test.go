@@ -51,6 +51,18 @@ func (s *pagedSource) pagesFor() int {
 	return max(1, (s.total+s.perPage-1)/s.perPage)
 }
 
+// appendZeroPadded appends n in decimal, zero-padded to width digits: what
+// fmt's %07d makes, without fmt's cost (the benchmark's target generates a
+// million records, on the same cores as the agent).
+func appendZeroPadded(b []byte, n, width int) []byte {
+	var d [20]byte
+	digits := strconv.AppendInt(d[:0], int64(n), 10)
+	for k := len(digits); k < width; k++ {
+		b = append(b, '0')
+	}
+	return append(b, digits...)
+}
+
 func (s *pagedSource) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	page, _ := strconv.Atoi(r.URL.Query().Get("page"))
 	s.mu.Lock()
@@ -105,7 +117,7 @@ func (s *pagedSource) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		buf = append(buf, `{"id":`...)
 		buf = strconv.AppendInt(buf, int64(i), 10)
 		buf = append(buf, `,"name":"user-`...)
-		buf = append(buf, fmt.Sprintf("%07d", i)...)
+		buf = appendZeroPadded(buf, i, 7)
 		buf = append(buf, `","email":"user`...)
 		buf = strconv.AppendInt(buf, int64(i), 10)
 		buf = append(buf, `@example.com","active":`...)
