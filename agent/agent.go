@@ -151,9 +151,13 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", config.ErrInvalid, err)
 	}
+	cl, err := newClient(cfg.ControlPlaneURL.String(), tlsCfg, opts.Token, opts.Version)
+	if err != nil {
+		return nil, fmt.Errorf("%w: RV_CONTROL_PLANE_URL: %w", config.ErrInvalid, err)
+	}
 	a := &Agent{
 		opts: opts, cfg: cfg, clock: opts.Clock,
-		cl:      newClient(cfg.ControlPlaneURL.String(), tlsCfg, opts.Token, opts.Version),
+		cl:      cl,
 		started: opts.Clock.Now(), mtlsFP: fp, targets: tg,
 		fatal: make(chan error, 1), wentIdle: make(chan struct{}, 1),
 	}

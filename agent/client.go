@@ -49,8 +49,13 @@ var (
 
 // client speaks PROTOCOL.md to the control plane.
 type client struct {
-	base      string // RV_CONTROL_PLANE_URL + /api/agent/v1
-	http      *http.Client
+	base   string // RV_CONTROL_PLANE_URL + /api/agent/v1
+	origin string // scheme://host of RV_CONTROL_PLANE_URL
+	target string // base's path, escaped: the start of every request target
+	http   *http.Client
+	// conns carries every request (cpconn.go), unless the environment
+	// names a proxy for the control plane: then http does.
+	conns     *cpConns
 	userAgent string
 	token     *secmem.Sealed
 	// tokenMem is where the token is opened for each request: opening it
@@ -95,9 +100,19 @@ func newTLSConfig(caFile, certFile, keyFile string) (*tls.Config, string, error)
 	return cfg, fingerprint, nil
 }
 
-func newClient(base string, tlsCfg *tls.Config, token *secmem.Sealed, version string) *client {
+func newClient(base string, tlsCfg *tls.Config, token *secmem.Sealed, version string) (*client, error) {
+	u, err := url.Parse(base + wire.APIPrefix)
+	if err != nil {
+		return nil, err
+	}
+	conns, err := newCPConns(base, tlsCfg)
+	if err != nil {
+		return nil, err
+	}
+	// The Transport carries the requests only through a proxy (conns is
+	// nil then), and speaks HTTP/1.1 like conns.
 	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
+		Proxy:                 proxyFromEnvironment,
 		TLSClientConfig:       tlsCfg,
 		DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSHandshakeTimeout:   15 * time.Second,
@@ -115,16 +130,71 @@ func newClient(base string, tlsCfg *tls.Config, token *secmem.Sealed, version st
 	}
 	return &client{
 		base:      base + wire.APIPrefix,
+		origin:    u.Scheme + "://" + u.Host,
+		target:    u.EscapedPath(),
 		http:      &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+		conns:     conns,
 		userAgent: "tier3-agent/" + version,
 		token:     token,
-	}
+	}, nil
 }
 
-// authorize sets the agent token as req's bearer. net/http takes header
-// values as Go strings: the token has a heap copy per request (SECURITY.md
-// lists it); its plaintext is otherwise only in locked memory, and only
-// while the header is built.
+// send sends one request to the control plane, target being its escaped
+// path and query, and returns the answer, whose body the caller must
+// close.
+func (c *client) send(ctx context.Context, method, target string, body []byte) (*http.Response, error) {
+	if c.conns != nil {
+		return c.conns.roundTrip(ctx, &cpRequest{
+			method: method, target: target, body: body,
+			authorize: c.appendAuthorization, authLen: len("Bearer ") + c.token.Size(),
+			userAgent: c.userAgent, agentID: c.id(),
+		})
+	}
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.origin+target, r)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("User-Agent", c.userAgent)
+	if id := c.id(); id != "" {
+		req.Header.Set(wire.HeaderAgentID, id)
+	}
+	if err := c.authorize(req); err != nil {
+		return nil, err
+	}
+	return c.http.Do(req)
+}
+
+// appendAuthorization appends the Authorization header's value, the
+// agent token as a bearer, opened from locked memory straight into b.
+func (c *client) appendAuthorization(b []byte) ([]byte, error) {
+	bad := false
+	err := c.tokenMem.With(c.token, func(tok []byte) {
+		for _, x := range tok {
+			if x <= ' ' || x >= 0x7f {
+				bad = true
+				return
+			}
+		}
+		b = append(b, "Bearer "...)
+		b = append(b, tok...)
+	})
+	if err == nil && bad {
+		err = errors.New("the agent token holds a character that cannot go in a header")
+	}
+	return b, err
+}
+
+// authorize sets the agent token as req's bearer, when requests go through
+// a proxy (net/http). net/http takes header values as Go strings: the
+// token has a heap copy per request (SECURITY.md lists it); its plaintext
+// is otherwise only in locked memory, and only while the header is built.
 func (c *client) authorize(req *http.Request) error {
 	return c.tokenMem.With(c.token, func(tok []byte) {
 		eraseAfter(func() { req.Header.Set("Authorization", "Bearer "+string(tok)) })
@@ -156,7 +226,7 @@ func (c *client) do(ctx context.Context, method, path string, in, out any) (int,
 	if h := c.halted.Load(); h != nil {
 		return 0, *h
 	}
-	var body io.Reader
+	var body []byte
 	if in != nil {
 		b, ok := in.(encodedJSON)
 		if !ok {
@@ -165,24 +235,9 @@ func (c *client) do(ctx context.Context, method, path string, in, out any) (int,
 				return 0, err
 			}
 		}
-		body = bytes.NewReader(b)
+		body = b
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
-	if err != nil {
-		return 0, err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set("User-Agent", c.userAgent)
-	if id := c.id(); id != "" {
-		req.Header.Set(wire.HeaderAgentID, id)
-	}
-	if err := c.authorize(req); err != nil {
-		return 0, err
-	}
-
-	resp, err := c.http.Do(req)
+	resp, err := c.send(ctx, method, c.target+path, body)
 	if err != nil {
 		if isTLSError(err) {
 			return 0, fmt.Errorf("%w: %v", ErrTLS, err)
@@ -281,18 +336,7 @@ func (c *client) stream(ctx context.Context, rawURL string, limit int64) (int, i
 	if err != nil || berr != nil || u.Scheme != base.Scheme || !strings.EqualFold(u.Host, base.Host) || u.User != nil {
 		return 0, nil, fmt.Errorf("%w: a download URL is not on the control plane's origin", ErrProtocol)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("User-Agent", c.userAgent)
-	if id := c.id(); id != "" {
-		req.Header.Set(wire.HeaderAgentID, id)
-	}
-	if err := c.authorize(req); err != nil {
-		return 0, nil, err
-	}
-	resp, err := c.http.Do(req)
+	resp, err := c.send(ctx, http.MethodGet, u.RequestURI(), nil)
 	if err != nil {
 		if isTLSError(err) {
 			return 0, nil, fmt.Errorf("%w: %v", ErrTLS, err)
