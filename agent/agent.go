@@ -107,6 +107,9 @@ type Agent struct {
 
 	events   *audit.Queue
 	wentIdle chan struct{}
+	// scratch keeps the locked scratch memory of finished tasks for the
+	// next ones (getScratch).
+	scratch chan *secmem.Scratch
 
 	fatalOnce sync.Once
 	fatal     chan error
@@ -160,6 +163,7 @@ func New(opts Options) (*Agent, error) {
 		cl:      cl,
 		started: opts.Clock.Now(), mtlsFP: fp, targets: tg,
 		fatal: make(chan error, 1), wentIdle: make(chan struct{}, 1),
+		scratch: make(chan *secmem.Scratch, min(cfg.Concurrency, 16)),
 	}
 	w := opts.LogWriter
 	if w == nil {

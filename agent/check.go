@@ -98,14 +98,13 @@ func (t *taskRun) check() (method, error) {
 	}
 	for _, field := range want {
 		ref, _ := vault.ParseRef(env.Auth.Credentials[field])
-		b, err := t.st.vs.Vault.Resolve(ref)
-		if err != nil {
+		// Found, still sealed: it is opened only where it is used.
+		if _, err := t.st.vs.Vault.Sealed(ref); err != nil {
 			if errors.Is(err, vault.ErrMissing) {
 				return nil, fail(wire.ErrVaultReferenceMissing, "%v", err)
 			}
 			return nil, fail(wire.ErrInternal, "cannot read the vault: %v", err)
 		}
-		b.Destroy()
 		if t.st.redact.unredactable[entry.Name+"/"+ref.Field] {
 			return nil, fail(wire.ErrVaultReferenceMissing, "%s/%s is shorter than 8 bytes, too short to be kept out of results: store a longer credential", entry.Name, ref.Field)
 		}

@@ -52,9 +52,31 @@ type taskRun struct {
 	// when a chunk is answered 409 or 410 (chunks.go). Nil until runTask
 	// sets it.
 	cancel context.CancelCauseFunc
-	// mem is where withSecret opens the task's credentials; released
-	// when the task ends.
-	mem secmem.Scratch
+	// mem is where withSecret opens the task's credentials: locked
+	// memory kept from task to task (Agent.scratch), wiped after each use.
+	mem *secmem.Scratch
+}
+
+// getScratch returns locked scratch memory for a task: one that an earlier
+// task gave back, or a new one. Mapping and locking pages for each task,
+// and unmapping them after, cost ~0.1 ms each way on the task's path.
+func (a *Agent) getScratch() *secmem.Scratch {
+	select {
+	case s := <-a.scratch:
+		return s
+	default:
+		return new(secmem.Scratch)
+	}
+}
+
+// putScratch keeps s for the next task (With wiped it after each use), or
+// releases it when enough are kept.
+func (a *Agent) putScratch(s *secmem.Scratch) {
+	select {
+	case a.scratch <- s:
+	default:
+		s.Destroy()
+	}
 }
 
 func lenientTaskID(raw []byte) string {
@@ -70,8 +92,8 @@ func lenientTaskID(raw []byte) string {
 func (a *Agent) runTask(ctx context.Context, raw []byte) {
 	var env wire.Envelope
 	st := a.state.Load()
-	t := &taskRun{a: a, env: &env, st: st, start: a.clock.Now()}
-	defer t.mem.Destroy()
+	t := &taskRun{a: a, env: &env, st: st, start: a.clock.Now(), mem: a.getScratch()}
+	defer a.putScratch(t.mem)
 	if err := wire.Decode(raw, &env, wire.Limits{}); err != nil {
 		env.TaskID = lenientTaskID(raw)
 		if env.TaskID == "" {
