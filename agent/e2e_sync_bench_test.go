@@ -36,8 +36,9 @@ import (
 //
 //	RV_SYNC_BENCH=1 go test ./agent -run '^TestSyncBenchmark$' -v -timeout 30m
 //
-// Each row is the median of RV_SYNC_BENCH_RUNS runs (default 5), the
-// baseline's and the agent's alternating. RV_SYNC_BENCH_SIZES (default
+// Each row is the median of RV_SYNC_BENCH_RUNS runs (default 5; three
+// times as many for 100,000 records or fewer), the baseline's and the
+// agent's alternating. RV_SYNC_BENCH_SIZES (default
 // 10000,100000,1000000) picks the REST sizes;
 // RV_SYNC_BENCH_CHUNK sets the REST tasks' chunk_size (default: none, so
 // the agent's 500); RV_SYNC_BENCH_LDAP=0 leaves out the LDAP rows (they
@@ -104,6 +105,7 @@ func benchREST(t *testing.T, pl placement, n int, kind string, perPage int, row 
 		dr := pl.startDirectReader(t, tg.URL, e.vars["RV_AGENT_TARGET_CA"], kind)
 		defer dr.close()
 
+		agentRuntimeEnv(e)
 		e.start()
 		pl.pinAgent(t, e.cmd.Process.Pid)
 		e.waitFor("registration", 30*time.Second, func() bool {
@@ -123,7 +125,7 @@ func benchREST(t *testing.T, pl placement, n int, kind string, perPage int, row 
 		// both alike; each figure is the median of its runs.
 		var direct, agent []benchRun
 		var pageBytes int64
-		for range benchRuns(t) {
+		for range benchRuns(t, n) {
 			r := dr.read()
 			if r.records != n {
 				t.Fatalf("direct read: %d records, want %d", r.records, n)
@@ -370,22 +372,37 @@ func TestSyncBenchReader(t *testing.T) {
 	}
 }
 
+// agentRuntimeEnv passes RV_SYNC_BENCH_GOGC and RV_SYNC_BENCH_GOMAXPROCS
+// to the agent as GOGC and GOMAXPROCS, for trying the Go runtime's knobs.
+func agentRuntimeEnv(e *env) {
+	for _, k := range []string{"GOGC", "GOMAXPROCS"} {
+		if v := os.Getenv("RV_SYNC_BENCH_" + k); v != "" {
+			e.vars[k] = v
+		}
+	}
+}
+
 // A benchRun is one measured run: its time, the CPU time of the process
 // measured (reader or agent), this process's, and (the agent's) the
 // dispatch before its time (benchSync).
 type benchRun struct{ d, cpu, harness, dispatch time.Duration }
 
-// benchRuns is the number of measured runs of each kind per row:
-// RV_SYNC_BENCH_RUNS, default 5.
-func benchRuns(t *testing.T) int {
+// benchRuns is the number of measured runs of each kind for a row of n
+// records: RV_SYNC_BENCH_RUNS, default 5, and three times as many for rows
+// of 100,000 records or fewer, which last milliseconds and move the most
+// with what else the machine does.
+func benchRuns(t *testing.T, n int) int {
+	runs := 5
 	if v := os.Getenv("RV_SYNC_BENCH_RUNS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
+		var err error
+		if runs, err = strconv.Atoi(v); err != nil || runs < 1 {
 			t.Fatalf("RV_SYNC_BENCH_RUNS=%q: want a positive integer", v)
 		}
-		return n
 	}
-	return 5
+	if n <= 100_000 {
+		runs *= 3
+	}
+	return runs
 }
 
 // medianRun returns the median of each figure of runs (each on its own:
@@ -645,9 +662,7 @@ func benchLDAP(t *testing.T, pl placement, n int, row func(string, ...any)) {
 		e.vaultIn(ldapBindDN, "set", "dir", "bind_dn")
 		e.vaultIn(bindPW, "set", "dir", "bind_password")
 		e.vault("bind", "dir", dir.LDAPSURL)
-		if g := os.Getenv("RV_SYNC_BENCH_GOGC"); g != "" {
-			e.vars["GOGC"] = g
-		}
+		agentRuntimeEnv(e)
 		e.start()
 		pl.pinAgent(t, e.cmd.Process.Pid)
 		e.waitFor("registration", 30*time.Second, func() bool {
@@ -662,7 +677,7 @@ func benchLDAP(t *testing.T, pl placement, n int, row func(string, ...any)) {
 		// is this process's (the control plane) and slapd's.
 		harnessCPU := func() time.Duration { return selfCPU() + procCPU(t, dir.Pid()) }
 		var direct, agent []benchRun
-		for range benchRuns(t) {
+		for range benchRuns(t, n) {
 			h0 := harnessCPU()
 			sd, scpu := search()
 			direct = append(direct, benchRun{d: sd, cpu: scpu, harness: harnessCPU() - h0})
