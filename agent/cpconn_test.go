@@ -300,12 +300,14 @@ func TestCPNotTLS(t *testing.T) {
 // plane, requests go through it (net/http's CONNECT), with the same head.
 func TestCPThroughProxy(t *testing.T) {
 	var auth string
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		auth = r.Header.Get("Authorization")
-	}))
-	defer srv.Close()
 	var tunnels []string
 	var mu sync.Mutex
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		auth = r.Header.Get("Authorization")
+		mu.Unlock()
+	}))
+	defer srv.Close()
 	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodConnect {
 			http.Error(w, "CONNECT only", http.StatusMethodNotAllowed)
