@@ -62,8 +62,10 @@ type cpConn struct {
 const (
 	maxIdleCPConns = 8
 	// cpIdleLimit: an idle connection older than this is closed rather
-	// than reused (the reference control plane closes them after 2 min).
-	cpIdleLimit = 60 * time.Second
+	// than reused. The reference control plane closes them after 2 min;
+	// load balancers in front of a control plane often after 60 s. One
+	// closed under the agent anyway is replaced once (closedBeforeAnswer).
+	cpIdleLimit = 45 * time.Second
 	// maxKeptRequestBuffer caps the request buffer a connection keeps.
 	maxKeptRequestBuffer = 2 << 20
 )
