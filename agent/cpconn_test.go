@@ -356,3 +356,36 @@ func TestCPThroughProxy(t *testing.T) {
 		t.Fatalf("the control plane saw Authorization %q", auth)
 	}
 }
+
+// TestCPIdleLimit: an idle connection is reused until cpIdleLimit, and a
+// new one is dialled after.
+func TestCPIdleLimit(t *testing.T) {
+	var mu sync.Mutex
+	remotes := map[string]bool{}
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		remotes[r.RemoteAddr] = true
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	c := cpTestClient(t, srv.URL, tlsClientConfig(srv), cpTestToken)
+	now := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	c.conns.now = func() time.Time { return now }
+	for _, step := range []struct {
+		after time.Duration
+		conns int
+	}{
+		{0, 1}, {cpIdleLimit - time.Second, 1}, {cpIdleLimit, 2},
+	} {
+		now = now.Add(step.after)
+		if _, err := c.do(context.Background(), "POST", "/heartbeat", struct{}{}, nil); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		got := len(remotes)
+		mu.Unlock()
+		if got != step.conns {
+			t.Fatalf("after %v idle: %d connections, want %d", step.after, got, step.conns)
+		}
+	}
+}
