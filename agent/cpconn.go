@@ -210,13 +210,34 @@ func (p *cpConns) exchange(ctx context.Context, cc *cpConn, req *cpRequest) (*ht
 		stop()
 		return nil, err
 	}
-	resp, err := http.ReadResponse(cc.br, &http.Request{Method: req.method})
+	resp, err := readFinalResponse(cc.br, req.method)
 	if err != nil {
 		stop()
 		return nil, err
 	}
 	resp.Body = &cpBody{rc: resp.Body, p: p, cc: cc, resp: resp, stop: stop}
 	return resp, nil
+}
+
+// maxInformational caps the 1xx answers (103 Early Hints, say) skipped
+// before the final one.
+const maxInformational = 5
+
+// readFinalResponse reads an answer's head, skipping informational (1xx)
+// answers as net/http's Transport does; 101 is not expected, and final.
+func readFinalResponse(br *bufio.Reader, method string) (*http.Response, error) {
+	for n := 0; ; n++ {
+		resp, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode < 100 || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			return resp, nil
+		}
+		if n == maxInformational {
+			return nil, fmt.Errorf("%w: more than %d informational answers", ErrProtocol, maxInformational)
+		}
+	}
 }
 
 // write sends req's head and body in one write. The buffer is sized

@@ -321,13 +321,14 @@ func TestCPThroughProxy(t *testing.T) {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
 		}
-		w.WriteHeader(http.StatusOK)
-		down, _, err := http.NewResponseController(w).Hijack()
+		down, brw, err := http.NewResponseController(w).Hijack()
 		if err != nil {
 			up.Close()
 			return
 		}
-		go func() { io.Copy(up, down); up.Close() }()
+		io.WriteString(down, "HTTP/1.1 200 Connection established\r\n\r\n")
+		// brw holds whatever the client sent past its CONNECT request.
+		go func() { io.Copy(up, brw); up.Close() }()
 		io.Copy(down, up)
 		down.Close()
 	}))
@@ -387,5 +388,33 @@ func TestCPIdleLimit(t *testing.T) {
 		if got != step.conns {
 			t.Fatalf("after %v idle: %d connections, want %d", step.after, got, step.conns)
 		}
+	}
+}
+
+// TestCPInformational: 1xx answers before the final one are skipped (as
+// net/http does), and an endless stream of them is a protocol error.
+func TestCPInformational(t *testing.T) {
+	for _, tc := range []struct {
+		hints int
+		ok    bool
+	}{{1, true}, {maxInformational, true}, {maxInformational + 1, false}} {
+		srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			for range tc.hints {
+				w.Header().Set("Link", "</x>; rel=preload")
+				w.WriteHeader(http.StatusEarlyHints)
+			}
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, `{"lease_s":42}`)
+		}))
+		c := cpTestClient(t, srv.URL, tlsClientConfig(srv), cpTestToken)
+		var out wire.LeaseResponse
+		_, err := c.do(context.Background(), "POST", "/tasks/t-1/lease", struct{}{}, &out)
+		switch {
+		case tc.ok && (err != nil || out.LeaseS != 42):
+			t.Errorf("%d early hints: err %v, lease_s %d", tc.hints, err, out.LeaseS)
+		case !tc.ok && !errors.Is(err, ErrProtocol):
+			t.Errorf("%d early hints: err %v, want ErrProtocol", tc.hints, err)
+		}
+		srv.Close()
 	}
 }
