@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -54,6 +55,7 @@ var proxyFromEnvironment = http.ProxyFromEnvironment
 // cpConn is one connection to the control plane.
 type cpConn struct {
 	nc       *tls.Conn
+	lim      *headLimit // under br
 	br       *bufio.Reader
 	req      []byte // the request being written
 	lastUsed time.Time
@@ -132,7 +134,33 @@ func (p *cpConns) dial(ctx context.Context) (*cpConn, error) {
 		raw.Close()
 		return nil, err
 	}
-	return &cpConn{nc: nc, br: bufio.NewReaderSize(nc, 64<<10)}, nil
+	lim := &headLimit{r: nc, left: math.MaxInt64}
+	return &cpConn{nc: nc, lim: lim, br: bufio.NewReaderSize(lim, 64<<10)}, nil
+}
+
+// maxAnswerHead caps what is read from the connection while an answer's
+// head (status line and headers) is parsed: http.ReadResponse has no limit
+// of its own, and net/http's Transport applies one too. Bodies have their
+// own caps (client.do, client.stream).
+const maxAnswerHead = 1 << 20
+
+// headLimit is the connection under a cpConn's reader: while left is
+// finite, reading past it is an error.
+type headLimit struct {
+	r    io.Reader
+	left int64
+}
+
+func (h *headLimit) Read(p []byte) (int, error) {
+	if h.left <= 0 {
+		return 0, fmt.Errorf("%w: the answer's head is over %d bytes", ErrProtocol, maxAnswerHead)
+	}
+	if int64(len(p)) > h.left {
+		p = p[:h.left]
+	}
+	n, err := h.r.Read(p)
+	h.left -= int64(n)
+	return n, err
 }
 
 // put keeps cc for the next request (at most maxIdleCPConns are kept).
@@ -210,7 +238,9 @@ func (p *cpConns) exchange(ctx context.Context, cc *cpConn, req *cpRequest) (*ht
 		stop()
 		return nil, err
 	}
+	cc.lim.left = maxAnswerHead - int64(cc.br.Buffered())
 	resp, err := readFinalResponse(cc.br, req.method)
+	cc.lim.left = math.MaxInt64
 	if err != nil {
 		stop()
 		return nil, err

@@ -418,3 +418,44 @@ func TestCPInformational(t *testing.T) {
 		srv.Close()
 	}
 }
+
+// TestCPHeadTooLarge: a control plane that answers with an endless head is
+// cut off at maxAnswerHead: a protocol error, not a memory that grows.
+func TestCPHeadTooLarge(t *testing.T) {
+	srv := httptest.NewUnstartedServer(nil)
+	srv.StartTLS() // for its certificate and listener; the answers are raw
+	srv.Listener.Close()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", srv.TLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer nc.Close()
+				bufio.NewReader(nc).ReadString('\n')
+				io.WriteString(nc, "HTTP/1.1 200 OK\r\n")
+				line := "X-Filler: " + strings.Repeat("a", 1000) + "\r\n"
+				for range 4 * maxAnswerHead / len(line) {
+					if _, err := io.WriteString(nc, line); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	sealed, _ := secmem.SealValue([]byte(cpTestToken))
+	c, err := newClient("https://"+ln.Addr().String(), tlsClientConfig(srv), sealed, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.do(context.Background(), "POST", "/heartbeat", struct{}{}, nil)
+	if !errors.Is(err, ErrProtocol) || !strings.Contains(err.Error(), "head is over") {
+		t.Fatalf("err = %v, want ErrProtocol (head too large)", err)
+	}
+}
