@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/rapidvalue/tier3-agent/internal/wire"
 )
 
 // The agent's own HTTP/1.1 exchanges with the control plane.
@@ -293,7 +295,7 @@ func (p *cpConns) write(cc *cpConn, req *cpRequest) error {
 		b = strconv.AppendInt(b, int64(len(req.body)), 10)
 	}
 	if req.agentID != "" {
-		b = append(b, "\r\nX-Rv-Agent-Id: "...)
+		b = append(b, "\r\n"+wire.HeaderAgentID+": "...)
 		b = append(b, req.agentID...)
 	}
 	b = append(b, "\r\nAuthorization: "...)
