@@ -56,7 +56,7 @@ var proxyFromEnvironment = http.ProxyFromEnvironment
 
 // cpConn is one connection to the control plane.
 type cpConn struct {
-	nc       *tls.Conn
+	nc       net.Conn // a *tls.Conn, handshake done
 	lim      *headLimit // under br
 	br       *bufio.Reader
 	req      []byte // the request being written
@@ -136,8 +136,12 @@ func (p *cpConns) dial(ctx context.Context) (*cpConn, error) {
 		raw.Close()
 		return nil, err
 	}
+	return newCPConn(nc), nil
+}
+
+func newCPConn(nc net.Conn) *cpConn {
 	lim := &headLimit{r: nc, left: math.MaxInt64}
-	return &cpConn{nc: nc, lim: lim, br: bufio.NewReaderSize(lim, 64<<10)}, nil
+	return &cpConn{nc: nc, lim: lim, br: bufio.NewReaderSize(lim, 64<<10)}
 }
 
 // maxAnswerHead caps what is read from the connection while an answer's
