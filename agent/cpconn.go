@@ -56,7 +56,7 @@ var proxyFromEnvironment = http.ProxyFromEnvironment
 
 // cpConn is one connection to the control plane.
 type cpConn struct {
-	nc       net.Conn // a *tls.Conn, handshake done
+	nc       net.Conn   // a *tls.Conn, handshake done
 	lim      *headLimit // under br
 	br       *bufio.Reader
 	req      []byte // the request being written
