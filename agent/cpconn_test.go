@@ -272,19 +272,10 @@ func TestCPNotTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer nc.Close()
-				bufio.NewReader(nc).ReadByte()
-				io.WriteString(nc, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-			}()
-		}
-	}()
+	serveRaw(ln, func(nc net.Conn) {
+		bufio.NewReader(nc).ReadByte()
+		io.WriteString(nc, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+	})
 	sealed, _ := secmem.SealValue([]byte(cpTestToken))
 	c, err := newClient("https://"+ln.Addr().String(), &tls.Config{MinVersion: tls.VersionTLS12}, sealed, "test")
 	if err != nil {
@@ -430,25 +421,16 @@ func TestCPHeadTooLarge(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
+	serveRaw(ln, func(nc net.Conn) {
+		bufio.NewReader(nc).ReadString('\n')
+		io.WriteString(nc, "HTTP/1.1 200 OK\r\n")
+		line := "X-Filler: " + strings.Repeat("a", 1000) + "\r\n"
+		for range 4 * maxAnswerHead / len(line) {
+			if _, err := io.WriteString(nc, line); err != nil {
 				return
 			}
-			go func() {
-				defer nc.Close()
-				bufio.NewReader(nc).ReadString('\n')
-				io.WriteString(nc, "HTTP/1.1 200 OK\r\n")
-				line := "X-Filler: " + strings.Repeat("a", 1000) + "\r\n"
-				for range 4 * maxAnswerHead / len(line) {
-					if _, err := io.WriteString(nc, line); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
 	sealed, _ := secmem.SealValue([]byte(cpTestToken))
 	c, err := newClient("https://"+ln.Addr().String(), tlsClientConfig(srv), sealed, "test")
 	if err != nil {
@@ -458,4 +440,21 @@ func TestCPHeadTooLarge(t *testing.T) {
 	if !errors.Is(err, ErrProtocol) || !strings.Contains(err.Error(), "head is over") {
 		t.Fatalf("err = %v, want ErrProtocol (head too large)", err)
 	}
+}
+
+// serveRaw answers every connection to ln with answer, until ln is closed
+// (the caller's defer), and closes each connection after.
+func serveRaw(ln net.Listener, answer func(net.Conn)) {
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer nc.Close()
+				answer(nc)
+			}()
+		}
+	}()
 }
