@@ -17,7 +17,7 @@ export PATH="$repo/.tools/bin:$PATH"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 bin="$work/tier3-agent"
-CGO_ENABLED=0 go build -trimpath -ldflags "-X main.version=demo" -o "$bin" ./cmd/tier3-agent
+CGO_ENABLED=0 go build -trimpath -ldflags "-X main.version=0.0.0-demo" -o "$bin" ./cmd/tier3-agent
 
 export RV_AGENT_VAULT_PATH="$work/agent-vault.json"
 export RV_AGENT_VAULT_IDENTITY_FILE="$work/host.key"

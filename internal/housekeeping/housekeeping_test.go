@@ -11,9 +11,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/rapidvalue/tier3-agent/internal/wire"
 )
 
 // repoRoot returns the directory of the module's go.mod.
@@ -356,5 +359,38 @@ func TestAgentBuilds(t *testing.T) {
 				t.Errorf("CGO_ENABLED=0 GOOS=%s GOARCH=%s: %v", goos, goarch, err)
 			}
 		})
+	}
+}
+
+// TestScriptVersions: every version a script stamps into a binary with
+// -X main.version= is one the control plane accepts at registration (a
+// semantic version). The demo stamped "demo", and every registration of
+// its agent was answered 400: no test runs the demo, so this one reads it.
+func TestScriptVersions(t *testing.T) {
+	root := repoRoot(t)
+	scripts, err := filepath.Glob(filepath.Join(root, "scripts", "*.sh"))
+	if err != nil || len(scripts) == 0 {
+		t.Fatalf("no scripts found: %v", err)
+	}
+	re := regexp.MustCompile(`-X main\.version=([^"' ]+)`)
+	found := 0
+	for _, p := range scripts {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range re.FindAllSubmatch(data, -1) {
+			found++
+			v := string(m[1])
+			if strings.HasPrefix(v, "$") {
+				continue // set by the caller
+			}
+			if _, err := wire.ParseVersion(v); err != nil {
+				t.Errorf("%s stamps version %q, which the control plane refuses at registration: %v", filepath.Base(p), v, err)
+			}
+		}
+	}
+	if found == 0 {
+		t.Fatal("no script stamps a version: is the pattern still right?")
 	}
 }
