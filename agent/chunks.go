@@ -148,9 +148,9 @@ func (s *recordStream) start(b []byte) []byte {
 }
 
 // add redacts raw (one record, valid JSON), encodes it and buffers it,
-// posting the chunk when it is full. raw is not kept: the caller may reuse
-// it. An error ends the stream: the task must stop (errLeaseLost and
-// errCancelled have already cancelled it).
+// posting the chunk before it if that one is full (put). raw is not kept:
+// the caller may reuse it. An error ends the stream: the task must stop
+// (errLeaseLost and errCancelled have already cancelled it).
 func (s *recordStream) add(raw []byte) error {
 	if err := s.open(); err != nil {
 		return err
@@ -189,10 +189,17 @@ func (s *recordStream) open() error {
 	}
 }
 
-// put buffers rec (encoded, checked), posting the chunk when it is full.
+// put buffers rec (encoded, checked), posting the chunk before it when
+// that one is full.
+//
+// A full chunk is posted when the next record comes, not as soon as it
+// fills: if no record comes, close sends it as the final chunk, rather
+// than it and then an empty final chunk, one round trip more. A method
+// calls sendFull before it waits on the target for more records.
 func (s *recordStream) put(rec []byte) error {
-	// A chunk holds what fits in a body; records are never split.
-	if s.n > 0 && len(s.body)+1+len(rec)+len(`],"final":false}`) > maxChunkBody {
+	// A chunk holds chunk_size records and what fits in a body; records
+	// are never split.
+	if s.n == s.size || s.n > 0 && len(s.body)+1+len(rec)+len(`],"final":false}`) > maxChunkBody {
 		if err := s.flush(false); err != nil {
 			return err
 		}
@@ -204,10 +211,20 @@ func (s *recordStream) put(rec []byte) error {
 	s.n++
 	s.added++
 	s.nbytes += int64(len(rec))
-	if s.n == s.size {
-		return s.flush(false)
-	}
 	return nil
+}
+
+// sendFull posts the chunk being filled if it is full. A method calls it
+// before it asks the target for more records (the next page), so that a
+// full chunk is not held back while they come.
+func (s *recordStream) sendFull() error {
+	if err := s.open(); err != nil {
+		return err
+	}
+	if s.n < s.size {
+		return nil
+	}
+	return s.flush(false)
 }
 
 // encode returns raw redacted, compact (HTML-escaped as encoding/json

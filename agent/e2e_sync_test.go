@@ -327,6 +327,11 @@ func TestHTTPSyncPages(t *testing.T) {
 					t.Fatalf("chunk %d holds %d records, chunk_size %d", i, len(c.Records), size)
 				}
 			}
+			// The last records go in the final chunk: no empty final
+			// chunk after records that fill the chunks exactly.
+			if want := max(1, (tt.total+size-1)/size); len(ti.Chunks) != want {
+				t.Fatalf("%d chunks for %d records, chunk_size %d: want %d", len(ti.Chunks), tt.total, size, want)
+			}
 			if got := src.served(); len(got) != tt.pages {
 				t.Fatalf("pages served %v, want %d", got, tt.pages)
 			}

@@ -142,6 +142,9 @@ func (httpSync) run(ctx context.Context, t *taskRun) (*outcome, error) {
 		if next == nil {
 			break
 		}
+		if err := rs.sendFull(); err != nil {
+			return nil, err
+		}
 		u = next
 	}
 	return rs.close()

@@ -232,6 +232,9 @@ func (ldapSearch) run(ctx context.Context, t *taskRun) (*outcome, error) {
 		if len(s.Cookie) == 0 {
 			break
 		}
+		if err := rs.sendFull(); err != nil {
+			return nil, err
+		}
 		req.Cookie = append(req.Cookie[:0], s.Cookie...)
 	}
 	if referrals > 0 {
