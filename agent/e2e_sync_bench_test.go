@@ -148,16 +148,25 @@ func benchREST(t *testing.T, pl placement, n int, kind string, perPage int, row 
 // benchSync runs one sync task of n records to its end, checks its
 // records with check (the control plane's Records callback) and returns
 // the sync's time: from the control plane handing the task to the agent
-// (its claim) to the last record's arrival. The direct reader's clock
-// likewise starts when it is told to read. dispatch is what comes before:
+// (its claim) to the arrival of the final chunk, which holds the last
+// records. The direct reader's clock likewise starts when it is told to
+// read. The harness waits on the control plane's Records callback, not
+// by polling the admin API, until then. dispatch is what comes before:
 // from enqueueing the task to its claim (the admin call, and the answer
 // to the agent's waiting long poll).
 func (e *env) benchSync(env map[string]any, n int, check *orderCheck) (sync, dispatch time.Duration) {
 	e.t.Helper()
-	check.reset()
+	arrived := check.reset()
 	start := time.Now()
 	id := e.enqueue(env)
-	ti := e.syncBenchResult(id, 30*time.Minute)
+	select {
+	case <-arrived:
+	case <-e.exited:
+		e.t.Fatalf("the agent exited:\n%s", e.out)
+	case <-time.After(30 * time.Minute):
+		e.t.Fatalf("task %s: the records did not all arrive in 30 minutes", id)
+	}
+	ti := e.syncBenchResult(id, time.Minute)
 	full, err := e.cp.Admin.Task(context.Background(), id)
 	if err != nil {
 		e.t.Fatal(err)
@@ -193,7 +202,7 @@ func (e *env) syncBenchResult(id string, limit time.Duration) controlplane.TaskI
 			}
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("task %s still %s after %v", id, found.State, limit)
+			e.t.Fatalf("task %s still %s after %v:\n%s", id, found.State, limit, e.out)
 		}
 		select {
 		case <-e.exited:
@@ -452,12 +461,16 @@ type orderCheck struct {
 	next   int
 	prefix []byte
 	err    error
-	// all is when the last record arrived: the end of the agent's run
+	// all is when the final chunk arrived: the end of the agent's run
 	// (polling the admin API for the result would add up to its interval).
 	all time.Time
+	// arrived is closed then (or at the first wrong record), so that the
+	// harness waits for it without polling the admin API, which would
+	// take CPU from the agent's runs only.
+	arrived chan struct{}
 }
 
-func (c *orderCheck) records(_ string, _ int64, recs []json.RawMessage) {
+func (c *orderCheck) records(_ string, _ int64, recs []json.RawMessage, final bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, r := range recs {
@@ -469,21 +482,39 @@ func (c *orderCheck) records(_ string, _ int64, recs []json.RawMessage) {
 		c.prefix = append(c.prefix, ',')
 		if c.err == nil && !bytes.HasPrefix(r, c.prefix) {
 			c.err = fmt.Errorf("record %d is %.40s…", c.next, r)
+			c.signal()
 		}
 		c.next++
 	}
-	if c.next == c.want {
+	// The run ends with the final chunk (empty when the records fill the
+	// chunks exactly): then the control plane has every record and knows
+	// it, as the reader does when it has read the last page to its end.
+	if final {
 		c.all = time.Now()
+		c.signal()
 	}
 }
 
-func (c *orderCheck) reset() {
+// signal closes arrived, once.
+func (c *orderCheck) signal() {
+	select {
+	case <-c.arrived:
+	default:
+		close(c.arrived)
+	}
+}
+
+// reset readies c for a run and returns the channel closed when the run's
+// final chunk arrives (or a wrong record does).
+func (c *orderCheck) reset() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.next, c.err, c.all = 0, nil, time.Time{}
+	c.arrived = make(chan struct{})
+	return c.arrived
 }
 
-// result returns when the last record arrived, or why not all did.
+// result returns when the final chunk arrived, or why not all records did.
 func (c *orderCheck) result() (time.Time, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

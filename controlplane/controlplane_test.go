@@ -1033,12 +1033,16 @@ func TestTokensHashed(t *testing.T) {
 }
 
 // With Config.Records the records go to the callback, once per accepted
-// chunk and in seq order, and the control plane keeps only the counts.
+// chunk and in seq order, with the chunk's final flag, and the control
+// plane keeps only the counts.
 func TestRecordsCallback(t *testing.T) {
 	var got []string
-	ts, _ := start(t, Config{Records: func(taskID string, seq int64, records []json.RawMessage) {
+	ts, _ := start(t, Config{Records: func(taskID string, seq int64, records []json.RawMessage, final bool) {
 		for _, r := range records {
 			got = append(got, fmt.Sprintf("%s/%d/%s", taskID[:4], seq, r))
+		}
+		if final {
+			got = append(got, "final")
 		}
 	}})
 	a := newAgent(t, ts, CreateTokenRequest{}, nil)
@@ -1051,7 +1055,7 @@ func TestRecordsCallback(t *testing.T) {
 	wantStatus(t, "seq 2 (gap)", a.do("POST", path, wire.Chunk{Seq: 2, Records: rec(`{"id":5}`)}), http.StatusBadRequest)
 	wantStatus(t, "seq 1 final", a.do("POST", path, wire.Chunk{Seq: 1, Records: rec(`{"id":3}`), Final: true}), http.StatusOK)
 
-	want := []string{"tsk_/0/{\"id\":1}", "tsk_/0/{\"id\":2}", "tsk_/1/{\"id\":3}"}
+	want := []string{"tsk_/0/{\"id\":1}", "tsk_/0/{\"id\":2}", "tsk_/1/{\"id\":3}", "final"}
 	if strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("callback got %q, want %q", got, want)
 	}

@@ -78,8 +78,8 @@ type Config struct {
 	// benchmark, where holding 100 MB of records in this process would
 	// charge its page faults to the agent's figures). It is called with
 	// the server's lock held, so it must not call the server; the records
-	// are valid only during the call.
-	Records func(taskID string, seq int64, records []json.RawMessage)
+	// are valid only during the call. final is the chunk's "final".
+	Records func(taskID string, seq int64, records []json.RawMessage, final bool)
 	// MaxReleaseBytes caps a release binary; default 256 MiB.
 	MaxReleaseBytes int64
 	// MaxEvents is how many events are kept (up to a tenth more between

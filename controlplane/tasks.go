@@ -221,7 +221,7 @@ func (s *Server) handleChunk(w http.ResponseWriter, r *http.Request, c *caller) 
 			ch.Records = []json.RawMessage{}
 		}
 		if s.cfg.Records != nil {
-			s.cfg.Records(id, ch.Seq, ch.Records)
+			s.cfg.Records(id, ch.Seq, ch.Records, ch.Final)
 		} else {
 			t.chunks = append(t.chunks, ch)
 		}
