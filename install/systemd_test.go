@@ -83,6 +83,21 @@ func TestInstallUnderSystemd(t *testing.T) {
 		t.Errorf("vault owner and mode: %q %v, want rapidvalue-agent 600", out, err)
 	}
 
+	// systemctl reload: the agent opens its vault again (through the TPM)
+	// without a restart, between RELOADING=1 and READY=1, and its status
+	// says how it went. ExecReload runs in the unit's sandbox too.
+	if out, err := sd.Systemctl(ctx, "reload", unit); err != nil {
+		t.Fatalf("systemctl reload: %v %s\njournal:\n%s", err, out, sd.Journal(ctx))
+	}
+	waitFor(ctx, t, "the reload's status", func() bool {
+		return sd.Show(ctx, unit, "StatusText") == "vault reloaded; polling the control plane"
+	})
+	for prop, want := range map[string]string{"ActiveState": "active", "SubState": "running", "MainPID": mainPID, "NRestarts": "0"} {
+		if got := sd.Show(ctx, unit, prop); got != want {
+			t.Errorf("after the reload: %s = %q, want %q", prop, got, want)
+		}
+	}
+
 	// A crash: systemd restarts the agent (Restart=always), which registers
 	// again with the same vault.
 	if out, err := run("kill", "-KILL", mainPID); err != nil {

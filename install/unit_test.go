@@ -85,7 +85,7 @@ func TestTruncatedScriptRunsNothing(t *testing.T) {
 // each once, with the value the agent is built for.
 func TestUnitDirectives(t *testing.T) {
 	for _, d := range []string{
-		"Type=notify", "NotifyAccess=main", "WatchdogSec=90", "Restart=always", "RestartPreventExitStatus=78",
+		"Type=notify", "NotifyAccess=main", "ExecReload=/bin/kill -HUP $MAINPID", "WatchdogSec=90", "Restart=always", "RestartPreventExitStatus=78",
 		"NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/opt/rapidvalue", "PrivateTmp=yes",
 		"ProtectHome=yes", "LimitCORE=0", "CapabilityBoundingSet=", "DeviceAllow=/dev/tpmrm0 rw",
 		"User=rapidvalue-agent", "SystemCallFilter=@system-service",

@@ -3,7 +3,11 @@
 package update_test
 
 import (
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -14,7 +18,8 @@ import (
 // with a NOTIFY_SOCKET the test owns (it sees each sender's PID, as
 // systemd does for NotifyAccess=main). In process and as supervisor plus
 // worker alike: READY=1 only once the control plane has the agent
-// registered, WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1 on SIGTERM
+// registered, WATCHDOG=1 at half of WATCHDOG_USEC, RELOADING=1 then
+// READY=1 with the outcome around each SIGHUP, STOPPING=1 on SIGTERM
 // then exit 0, every message from the main process (the one systemd
 // started), never from a worker.
 func TestServiceNotifications(t *testing.T) {
@@ -37,6 +42,44 @@ func TestServiceNotifications(t *testing.T) {
 				if m := l.Next(t); m.States != "WATCHDOG=1" || m.PID != main {
 					t.Fatalf("message %+v, want WATCHDOG=1 from pid %d", m, main)
 				}
+			}
+			// SIGHUP (systemctl reload): RELOADING=1 with the monotonic
+			// clock, then READY=1 with the outcome, from the main process.
+			// A vault that cannot be read leaves the old one in service,
+			// and the status says so.
+			vaultPath := filepath.Join(b.data, "agent-vault.json")
+			good, err := os.ReadFile(vaultPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, tc := range []struct {
+				vault  []byte
+				status string
+			}{
+				{good, "STATUS=vault reloaded; polling the control plane"},
+				{[]byte("{not a vault"), "STATUS=vault reload failed: the old vault stays in service (the log says why)"},
+				{good, "STATUS=vault reloaded; polling the control plane"},
+			} {
+				if err := os.WriteFile(vaultPath, tc.vault, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+					t.Fatal(err)
+				}
+				m := nextBut(t, l, "WATCHDOG=1")
+				states := strings.Split(m.States, "\n")
+				if len(states) != 2 || states[0] != "RELOADING=1" || !strings.HasPrefix(states[1], "MONOTONIC_USEC=") || m.PID != main {
+					t.Fatalf("message %+v after SIGHUP, want RELOADING=1 and MONOTONIC_USEC from pid %d\n%s", m, main, p.out)
+				}
+				if us, err := strconv.ParseInt(strings.TrimPrefix(states[1], "MONOTONIC_USEC="), 10, 64); err != nil || us <= 0 {
+					t.Fatalf("%s: not a clock reading", states[1])
+				}
+				if m := nextBut(t, l, "WATCHDOG=1"); m.States != "READY=1\n"+tc.status || m.PID != main {
+					t.Fatalf("message %+v after the reload, want READY=1 and %q from pid %d\n%s", m, tc.status, main, p.out)
+				}
+			}
+			if n := strings.Count(p.out.String(), "vault reload failed; the old vault stays in service"); n != 1 {
+				t.Errorf("%d log lines for the failed reload, want 1:\n%s", n, p.out)
 			}
 			code := make(chan int, 1)
 			go func() { code <- p.stop(t) }()
@@ -73,4 +116,18 @@ func TestServiceNotifications(t *testing.T) {
 			t.Fatalf("exit %d", c)
 		}
 	})
+}
+
+// nextBut returns the next message that is not skip, failing the test
+// when none comes within 20 s.
+func nextBut(t *testing.T, l *sdnotifytest.Listener, skip string) sdnotifytest.Message {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if m := l.Next(t); m.States != skip {
+			return m
+		}
+	}
+	t.Fatalf("only %s for 20 s", skip)
+	return sdnotifytest.Message{}
 }

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rapidvalue/tier3-agent/internal/sdnotify"
@@ -25,6 +26,9 @@ type notice struct {
 	link  *supervisorLink
 	every time.Duration // how often to say alive; 0: never
 	warn  func(error)
+	// readied: READY=1 has been sent. A reload before it says nothing:
+	// its READY=1 would announce an agent that has not registered yet.
+	readied atomic.Bool
 }
 
 func (c *cli) serviceNotifier(worker bool, link *supervisorLink) *notice {
@@ -72,6 +76,47 @@ func (n *notice) ready(agentID string) {
 		return
 	}
 	n.send(sdnotify.Ready, sdnotify.Status("registered as "+agentID+"; polling the control plane"))
+	n.readied.Store(true)
+}
+
+// Status lines of a reload (SIGHUP, or systemctl reload). The failure's
+// reason goes to the log, through its redaction, not to systemd.
+const (
+	statusReloaded     = "vault reloaded; polling the control plane"
+	statusReloadFailed = "vault reload failed: the old vault stays in service (the log says why)"
+)
+
+// reloading: a reload of the vault begins.
+func (n *notice) reloading() {
+	if n.link != nil {
+		n.link.send("reloading")
+		return
+	}
+	if n.readied.Load() {
+		n.send(sdnotify.Reloading, sdnotify.Monotonic())
+	}
+}
+
+// reloaded: the reload is over; failed says the old vault stays.
+func (n *notice) reloaded(failed bool) {
+	if n.link != nil {
+		if failed {
+			n.link.send("reload-failed")
+		} else {
+			n.link.send("reloaded")
+		}
+		return
+	}
+	if n.readied.Load() {
+		n.send(sdnotify.Ready, sdnotify.Status(reloadStatus(failed)))
+	}
+}
+
+func reloadStatus(failed bool) string {
+	if failed {
+		return statusReloadFailed
+	}
+	return statusReloaded
 }
 
 // alive: the agent's loops keep their schedule.

@@ -138,9 +138,12 @@ func (c *cli) runAgent(args []string) error {
 	go func() {
 		for s := range sigs {
 			if s == syscall.SIGHUP {
-				if err := a.Reload(); err != nil {
+				notify.reloading()
+				err := a.Reload()
+				if err != nil {
 					a.Logger().Warn("vault reload failed; the old vault stays in service", "error", err)
 				}
+				notify.reloaded(err != nil)
 				continue
 			}
 			notify.stopping()

@@ -82,6 +82,15 @@ func (c *cli) runSupervisor(cfg *config.Agent, files update.Files, sigs chan os.
 			}
 		case "alive":
 			sd.notify(log, sdnotify.Watchdog)
+		case "reloading":
+			// Only around a reload of a worker that systemd knows ready.
+			if ready {
+				sd.notify(log, sdnotify.Reloading, sdnotify.Monotonic())
+			}
+		case "reloaded", "reload-failed":
+			if ready {
+				sd.notify(log, sdnotify.Ready, sdnotify.Status(reloadStatus(line == "reload-failed")))
+			}
 		}
 	}
 
@@ -307,7 +316,7 @@ func (w *worker) watch(sigs <-chan os.Signal, deadline time.Duration, log *slog.
 				res.healthy, health = true, nil
 			case "restart":
 				log.Info("the agent installed an update; starting it")
-			case "ready", "alive":
+			case "ready", "alive", "reloading", "reloaded", "reload-failed":
 				onLine(line)
 			}
 		case s := <-sigs:

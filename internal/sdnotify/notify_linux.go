@@ -3,7 +3,10 @@ package sdnotify
 import (
 	"fmt"
 	"net"
+	"strconv"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Notifier sends states to the service manager. A nil *Notifier does
@@ -50,4 +53,14 @@ func (n *Notifier) Notify(states ...string) error {
 		return fmt.Errorf("sd_notify: %w", err)
 	}
 	return nil
+}
+
+// Monotonic is a MONOTONIC_USEC= line: CLOCK_MONOTONIC now, in
+// microseconds, the clock systemd reads.
+func Monotonic() string {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return "MONOTONIC_USEC=0"
+	}
+	return "MONOTONIC_USEC=" + strconv.FormatInt(ts.Nano()/1000, 10)
 }

@@ -1,7 +1,8 @@
 // Package sdnotify speaks systemd's service notification protocol
 // (sd_notify(3)): a service started with Type=notify tells the manager
-// READY=1 once it serves, WATCHDOG=1 while it is alive (WatchdogSec=), and
-// STOPPING=1 when it begins to stop. Each state is one datagram on the
+// READY=1 once it serves, WATCHDOG=1 while it is alive (WatchdogSec=),
+// RELOADING=1 then READY=1 around a reload, and STOPPING=1 when it begins
+// to stop. Each state is one datagram on the
 // unix socket named by NOTIFY_SOCKET (a path, or an abstract name written
 // with a leading '@').
 //
@@ -28,6 +29,9 @@ const (
 	Ready    = "READY=1"
 	Watchdog = "WATCHDOG=1"
 	Stopping = "STOPPING=1"
+	// Reloading starts a reload; READY=1 ends it. Send it with Monotonic
+	// (systemd 253 and later match reload cycles by it).
+	Reloading = "RELOADING=1"
 )
 
 // maxSocketPath is sun_path's size less the terminating NUL (Linux).

@@ -3,8 +3,10 @@ package sdnotify_test
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rapidvalue/tier3-agent/internal/sdnotify"
 	"github.com/rapidvalue/tier3-agent/internal/sdnotify/sdnotifytest"
@@ -47,5 +49,28 @@ func TestNotifyNone(t *testing.T) {
 	n, _ = sdnotify.New(func(string) string { return filepath.Join(t.TempDir(), "gone") })
 	if err := n.Notify(sdnotify.Ready); err == nil {
 		t.Fatal("Notify to a missing socket succeeded")
+	}
+}
+
+// TestMonotonic: MONOTONIC_USEC= is CLOCK_MONOTONIC in microseconds, the
+// clock Go's own monotonic readings come from: it rises with them.
+func TestMonotonic(t *testing.T) {
+	read := func() int64 {
+		t.Helper()
+		v, ok := strings.CutPrefix(sdnotify.Monotonic(), "MONOTONIC_USEC=")
+		us, err := strconv.ParseInt(v, 10, 64)
+		if !ok || err != nil || us <= 0 {
+			t.Fatalf("Monotonic() = %q", sdnotify.Monotonic())
+		}
+		return us
+	}
+	start := time.Now()
+	a := read()
+	for time.Since(start) < 2*time.Millisecond {
+	}
+	b := read()
+	elapsed := time.Since(start) // spans both readings
+	if d := b - a; d <= 0 || d > elapsed.Microseconds()+1 {
+		t.Errorf("MONOTONIC_USEC rose by %d µs while %v passed", d, elapsed)
 	}
 }
