@@ -25,7 +25,8 @@ import (
 // with the unit's (and drop-in's) Environment= lines, /opt/rapidvalue moved
 // under RV_INSTALL_ROOT, and return once it has registered, as Type=notify
 // would (or fail if it exits first); `disable --now` and `stop` stop it;
-// `is-active` says whether it runs. It records every call in
+// `reload` sends SIGHUP and returns once the agent has logged the reload's
+// outcome; `is-active` says whether it runs. It records every call in
 // $STANDIN_STATE/calls and the agent's process group in $STANDIN_STATE/pid.
 const systemctl = `#!/bin/sh
 state=$STANDIN_STATE
@@ -83,9 +84,27 @@ registered() {
 	c=$(grep -c '"agent\.registered"' "$audit" 2>/dev/null)
 	echo "${c:-0}"
 }
+# reload: like ExecReload=kill -HUP and the agent's RELOADING=1 ...
+# READY=1: signal the agent, return once it has logged the outcome.
+reloads() {
+	c=$(grep -c '"vault reload' "$state/agent.log" 2>/dev/null)
+	echo "${c:-0}"
+}
+reload() {
+	running || { echo "stand-in systemctl: the agent is not running" >&2; exit 1; }
+	was=$(reloads)
+	kill -HUP "$(cat "$state/pid")"
+	n=0
+	while [ "$(reloads)" -le "$was" ]; do
+		n=$((n + 1))
+		if [ "$n" -gt 600 ]; then echo "stand-in systemctl: the agent did not reload in 30 s" >&2; exit 1; fi
+		sleep 0.05
+	done
+}
 before=$(registered)
 case "$(printf '%s' "$*" | sed 's/rapidvalue-agent\.service/rapidvalue-agent/g')" in
 daemon-reload | "reset-failed rapidvalue-agent") ;;
+"reload rapidvalue-agent") reload ;;
 "enable --now rapidvalue-agent" | "start rapidvalue-agent") running || start ;;
 "restart rapidvalue-agent") stop; start ;;
 "disable --now rapidvalue-agent" | "stop rapidvalue-agent") stop ;;
