@@ -189,12 +189,9 @@ func TestCPStaleConnection(t *testing.T) {
 // TestCPConnectionReuse: a connection is reused only when its answer was
 // read to the end and the server did not ask to close it.
 func TestCPConnectionReuse(t *testing.T) {
-	var mu sync.Mutex
-	remotes := map[string]bool{}
+	var conns connCounter
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		remotes[r.RemoteAddr] = true
-		mu.Unlock()
+		conns.saw(r)
 		switch r.URL.Query().Get("answer") {
 		case "close":
 			w.Header().Set("Connection", "close")
@@ -205,11 +202,6 @@ func TestCPConnectionReuse(t *testing.T) {
 	}))
 	defer srv.Close()
 	c := cpTestClient(t, srv.URL, tlsClientConfig(srv), cpTestToken)
-	count := func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(remotes)
-	}
 	for _, step := range []struct {
 		answer string
 		conns  int // connections seen so far, after the request
@@ -217,7 +209,7 @@ func TestCPConnectionReuse(t *testing.T) {
 		{"", 1}, {"", 1}, {"close", 1}, {"", 2}, {"large-error", 2}, {"", 3},
 	} {
 		c.do(context.Background(), "GET", "/tasks/next?answer="+step.answer, nil, nil)
-		if got := count(); got != step.conns {
+		if got := conns.count(); got != step.conns {
 			t.Fatalf("after answer %q: %d connections, want %d", step.answer, got, step.conns)
 		}
 	}
@@ -352,13 +344,8 @@ func TestCPThroughProxy(t *testing.T) {
 // TestCPIdleLimit: an idle connection is reused until cpIdleLimit, and a
 // new one is dialled after.
 func TestCPIdleLimit(t *testing.T) {
-	var mu sync.Mutex
-	remotes := map[string]bool{}
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		remotes[r.RemoteAddr] = true
-		mu.Unlock()
-	}))
+	var conns connCounter
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { conns.saw(r) }))
 	defer srv.Close()
 	c := cpTestClient(t, srv.URL, tlsClientConfig(srv), cpTestToken)
 	now := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
@@ -373,10 +360,7 @@ func TestCPIdleLimit(t *testing.T) {
 		if _, err := c.do(context.Background(), "POST", "/heartbeat", struct{}{}, nil); err != nil {
 			t.Fatal(err)
 		}
-		mu.Lock()
-		got := len(remotes)
-		mu.Unlock()
-		if got != step.conns {
+		if got := conns.count(); got != step.conns {
 			t.Fatalf("after %v idle: %d connections, want %d", step.after, got, step.conns)
 		}
 	}
@@ -457,4 +441,26 @@ func serveRaw(ln net.Listener, answer func(net.Conn)) {
 			}()
 		}
 	}()
+}
+
+// connCounter counts the connections a test server's requests came on
+// (their remote addresses).
+type connCounter struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func (c *connCounter) saw(r *http.Request) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.seen == nil {
+		c.seen = map[string]bool{}
+	}
+	c.seen[r.RemoteAddr] = true
+}
+
+func (c *connCounter) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.seen)
 }
