@@ -73,4 +73,9 @@ func TestMonotonic(t *testing.T) {
 	if d := b - a; d <= 0 || d > elapsed.Microseconds()+1 {
 		t.Errorf("MONOTONIC_USEC rose by %d µs while %v passed", d, elapsed)
 	}
+	// Time since boot, not since 1970 (the wall clock is the usual
+	// mistake): under half the wall clock's reading, or ~28 years up.
+	if wall := time.Now().UnixMicro(); b > wall/2 {
+		t.Errorf("MONOTONIC_USEC=%d reads like the wall clock (%d)", b, wall)
+	}
 }
